@@ -1,0 +1,213 @@
+"""The engine: one diffusers text-to-image pipeline, loaded once, generating batches of images.
+
+Both faces of the service (the HTTP server and the queue worker) hand it lists of compatible
+``ImageSpec`` (same size, steps and guidance) and get PNG bytes back, one per spec, in order.
+Each image has its own prompt, negative prompt and seed: the seed drives a generator of its own,
+so an image does not depend on which other requests shared its batch (up to the GPU's
+floating-point reordering).
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import threading
+import time
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, TypeVar
+
+import torch
+
+from gpu_service.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
+T = TypeVar("T")
+
+
+class BatchKey(NamedTuple):
+    """What images must share to go through one pipeline call."""
+
+    width: int
+    height: int
+    steps: int
+    guidance: float
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """One image to make."""
+
+    prompt: str
+    seed: int
+    width: int
+    height: int
+    steps: int
+    guidance: float
+    negative_prompt: str | None = None
+
+    @property
+    def batch_key(self) -> BatchKey:
+        return BatchKey(self.width, self.height, self.steps, self.guidance)
+
+
+def plan_batches(
+    items: Iterable[T], key: Callable[[T], Hashable], max_batch: int
+) -> list[list[T]]:
+    """Group items with equal keys into batches of at most ``max_batch``, keeping their order."""
+    if max_batch < 1:
+        raise ValueError(f"max_batch must be at least 1, got {max_batch}")
+    groups: dict[Hashable, list[T]] = {}
+    for item in items:
+        groups.setdefault(key(item), []).append(item)
+    return [
+        group[start : start + max_batch]
+        for group in groups.values()
+        for start in range(0, len(group), max_batch)
+    ]
+
+
+def resolve_device(requested: str) -> str:
+    if requested == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("DEVICE=cuda but torch sees no CUDA device")
+    return requested
+
+
+def resolve_dtype(requested: str, device: str) -> torch.dtype:
+    if requested == "auto":
+        return torch.float16 if device == "cuda" else torch.float32
+    return _DTYPES[requested]
+
+
+def encode_png(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+class Engine:
+    """A loaded pipeline plus the lock that serialises calls to it (pipelines are not reentrant).
+
+    Build it with ``Engine.load(settings)`` (from ``settings.model_id``) or, for a pipeline built
+    in memory (the benchmark's random-weight SD 1.5), ``Engine.from_pipeline(...)``.
+    """
+
+    def __init__(self, pipeline: Any, *, model_id: str, device: str, dtype: torch.dtype) -> None:
+        self.pipeline = pipeline
+        self.model_id = model_id
+        self.device = device
+        self.dtype = dtype
+        self._lock = threading.Lock()
+
+    # 1. Load ------------------------------------------------------------------------------------
+    @classmethod
+    def load(cls, settings: Settings) -> Engine:
+        from diffusers import AutoPipelineForText2Image
+
+        device = resolve_device(settings.device)
+        dtype = resolve_dtype(settings.dtype, device)
+        started = time.perf_counter()
+        pipeline = AutoPipelineForText2Image.from_pretrained(
+            settings.model_id, revision=settings.model_revision, dtype=dtype
+        )
+        logger.info(
+            "loaded %s (%s) on %s as %s in %.1f s",
+            settings.model_id,
+            type(pipeline).__name__,
+            device,
+            dtype,
+            time.perf_counter() - started,
+        )
+        return cls.from_pipeline(pipeline, settings, model_id=settings.model_id)
+
+    @classmethod
+    def from_pipeline(cls, pipeline: Any, settings: Settings, *, model_id: str) -> Engine:
+        """Move a pipeline to the configured device and dtype and apply the speed settings."""
+        device = resolve_device(settings.device)
+        dtype = resolve_dtype(settings.dtype, device)
+        pipeline.to(device=device, dtype=dtype)
+        pipeline.set_progress_bar_config(disable=True)
+        if settings.scheduler:
+            pipeline.scheduler = _scheduler_from_name(settings.scheduler, pipeline.scheduler)
+        _use_sdpa(pipeline)
+        if settings.channels_last:
+            for module in _denoiser_and_vae(pipeline):
+                module.to(memory_format=torch.channels_last)
+        if settings.torch_compile:
+            # Compiles lazily on the first call (the warm-up); each new size compiles again.
+            pipeline.unet = torch.compile(pipeline.unet, mode=settings.torch_compile_mode)
+        return cls(pipeline, model_id=model_id, device=device, dtype=dtype)
+
+    # 2. Generate --------------------------------------------------------------------------------
+    def generate(self, specs: Sequence[ImageSpec]) -> list[bytes]:
+        """PNG bytes for each spec, in order, from one pipeline call."""
+        images = self.generate_images(specs)
+        return [encode_png(image) for image in images]  # outside the lock: the GPU moves on
+
+    def generate_images(self, specs: Sequence[ImageSpec]) -> list[Any]:
+        """PIL images for each spec, in order, from one pipeline call."""
+        if not specs:
+            return []
+        key = specs[0].batch_key
+        mismatched = [spec.batch_key for spec in specs if spec.batch_key != key]
+        if mismatched:
+            raise ValueError(f"specs of one batch must share {key}, got {mismatched[0]}")
+        # CPU generators give the same latents for a seed on every device.
+        generators = [torch.Generator(device="cpu").manual_seed(spec.seed) for spec in specs]
+        with self._lock:
+            output = self.pipeline(
+                prompt=[spec.prompt for spec in specs],
+                negative_prompt=[spec.negative_prompt or "" for spec in specs],
+                width=key.width,
+                height=key.height,
+                num_inference_steps=key.steps,
+                guidance_scale=key.guidance,
+                generator=generators,
+                output_type="pil",
+            )
+        return list(output.images)
+
+    def warm_up(self, width: int, height: int, steps: int, guidance: float) -> None:
+        started = time.perf_counter()
+        self.generate([ImageSpec("warm-up", 0, width, height, steps, guidance)])
+        logger.info("warmed up in %.1f s", time.perf_counter() - started)
+
+    def gpu_memory_bytes(self) -> tuple[int, int]:
+        """(allocated, peak allocated) on the GPU; zeros on the CPU."""
+        if self.device != "cuda":
+            return 0, 0
+        return torch.cuda.memory_allocated(), torch.cuda.max_memory_allocated()
+
+
+def _scheduler_from_name(name: str, current: Any) -> Any:
+    import diffusers
+
+    scheduler_class = getattr(diffusers, name, None)
+    if not (
+        isinstance(scheduler_class, type)
+        and issubclass(scheduler_class, diffusers.SchedulerMixin)
+    ):
+        raise ValueError(f"SCHEDULER={name!r} is not a diffusers scheduler class")
+    return scheduler_class.from_config(current.config)
+
+
+def _denoiser_and_vae(pipeline: Any) -> list[torch.nn.Module]:
+    return [
+        module
+        for module in (getattr(pipeline, "unet", None), getattr(pipeline, "vae", None))
+        if isinstance(module, torch.nn.Module)
+    ]
+
+
+def _use_sdpa(pipeline: Any) -> None:
+    """PyTorch's fused scaled-dot-product attention in the UNet and the VAE."""
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    for module in _denoiser_and_vae(pipeline):
+        set_processor = getattr(module, "set_attn_processor", None)
+        if set_processor is not None and getattr(module, "attn_processors", None):
+            set_processor(AttnProcessor2_0())

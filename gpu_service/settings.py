@@ -1,0 +1,89 @@
+"""Configuration of the GPU service (engine, HTTP server and queue worker) from the environment.
+
+One class for the three faces, so a deployment sets one list of variables (documented in
+gpu_service/README.md). Variable names are the field names in upper case, without a prefix
+(``MODEL_ID``, ``MAX_BATCH``, ``GPU_QUEUE_URL``, ``IMAGES_BUCKET``); the AWS region and endpoint
+come from boto3's own variables (``AWS_REGION``, ``AWS_ENDPOINT_URL``).
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_ID = "stabilityai/sd-turbo"
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    # --- Engine -----------------------------------------------------------------------------
+    model_id: str = Field(
+        default=DEFAULT_MODEL_ID,
+        description="Hugging Face hub id or local directory that from_pretrained loads.",
+    )
+    model_revision: str | None = Field(default=None, description="Hub revision (commit) to pin.")
+    device: Literal["auto", "cuda", "cpu"] = "auto"
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] = Field(
+        default="auto", description="auto: float16 on a GPU, float32 on the CPU."
+    )
+    scheduler: str | None = Field(
+        default=None,
+        description="A diffusers scheduler class name (e.g. EulerAncestralDiscreteScheduler); "
+        "the model's own when unset.",
+    )
+    torch_compile: bool = Field(default=False, description="torch.compile the UNet at load.")
+    torch_compile_mode: str = "default"
+    channels_last: bool = False
+    warmup: bool = Field(default=True, description="Run one generation before reporting ready.")
+
+    default_width: int = Field(default=512, ge=64, le=2048, multiple_of=8)
+    default_height: int = Field(default=512, ge=64, le=2048, multiple_of=8)
+    # sd-turbo is distilled for 1 to 4 steps without classifier-free guidance.
+    default_steps: int = Field(default=1, ge=1, le=150)
+    default_guidance: float = Field(default=0.0, ge=0.0, le=30.0)
+    max_steps: int = Field(default=50, ge=1, le=150)
+    max_pixels: int = Field(
+        default=1024 * 1024, ge=64 * 64, description="Largest width x height accepted."
+    )
+
+    # --- Batching (server and worker) -------------------------------------------------------
+    max_batch: int = Field(default=8, ge=1, le=64, description="Images per pipeline call.")
+    batch_wait_ms: float = Field(
+        default=10.0, ge=0.0, le=1000.0, description="How long a request waits to join a batch."
+    )
+    max_queue: int = Field(
+        default=32, ge=0, description="Requests waiting beyond this answer 503 (server)."
+    )
+    retry_after_seconds: int = Field(default=2, ge=1)
+
+    # --- HTTP server ------------------------------------------------------------------------
+    host: str = "0.0.0.0"  # noqa: S104 - a container listens on all its interfaces
+    port: int = 8080
+
+    # --- Queue worker -----------------------------------------------------------------------
+    gpu_queue_url: str | None = Field(default=None, description="SQS GPU job queue (worker).")
+    images_bucket: str | None = Field(
+        default=None, description="Bucket for jobs whose job.bucket is null (worker)."
+    )
+    receive_wait_seconds: int = Field(default=20, ge=0, le=20)
+    max_messages: int = Field(default=10, ge=1, le=10)
+    visibility_timeout_seconds: int = Field(
+        default=60,
+        ge=1,
+        le=43_200,
+        description="Visibility given to received messages and re-extended while they are "
+        "worked on; keep it below the state's HeartbeatSeconds (120) so a crashed worker's "
+        "job reappears while its task token is still alive.",
+    )
+    heartbeat_interval_seconds: float = Field(
+        default=20.0, gt=0, description="SendTaskHeartbeat and visibility extension period."
+    )
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""The local stack: stand-ins for AWS services so the real code runs offline."""

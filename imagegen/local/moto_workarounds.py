@@ -1,0 +1,303 @@
+"""Every moto work-around of the local stack, in one place (moto 5.2.5).
+
+Each block names the gap it fills, so it can be dropped when moto closes it. Nothing here changes
+our production code: the template is adjusted on its way into moto's CloudFormation, and a few
+moto classes are patched in this process (the in-process mock and a ``ThreadedMotoServer`` alike).
+``install()`` applies the patches; it is idempotent and leaves moto's behaviour unchanged for
+anything the local stack did not register.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import logging
+import re
+import threading
+import zipfile
+from collections.abc import Callable
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+MOTO_CONFIG: dict[str, Any] = {
+    "stepfunctions": {"execute_state_machine": True},
+    "lambda": {"use_docker": False},
+}
+"""moto's settings for the local stack: execute ASL for real, and Lambda without Docker."""
+
+LambdaDispatch = Callable[[bytes, dict[str, Any]], tuple[bytes, str | None]]
+"""Runs one invocation: (request body, request headers) -> (payload, function error or None)."""
+
+_dispatchers: dict[str, LambdaDispatch] = {}
+_install_lock = threading.Lock()
+_installed = False
+_OUTPUT_PREFIX = "LocalStackPhysicalId"
+
+
+# --- Template adjustments (applied to the translated CloudFormation template) ----------------
+
+
+def adjust_template(template: dict[str, Any]) -> dict[str, Any]:
+    """A copy of a translated template that moto's CloudFormation can create."""
+    adjusted = copy.deepcopy(template)
+    resources: dict[str, Any] = adjusted.get("Resources", {})
+    buses = {
+        logical_id
+        for logical_id, resource in resources.items()
+        if resource.get("Type") == "AWS::Events::EventBus"
+    }
+    # Gap: moto's `Ref` of an AWS::Events::EventBus yields the model object instead of its name
+    # (an EventBusName then fails with "'EventBus' object has no attribute 'split'"). On AWS the
+    # Ref is the bus name, which is exactly `!GetAtt Bus.Name`.
+    adjusted = _replace_refs(adjusted, buses, "Name")
+    # Gap: moto's DescribeStackResources gives an EventBus no PhysicalResourceId. An output per
+    # bus carries its name out of the stack instead (see `physical_ids_from_outputs`).
+    outputs = adjusted.setdefault("Outputs", {})
+    for logical_id in sorted(buses):
+        outputs[_OUTPUT_PREFIX + logical_id] = {"Value": {"Fn::GetAtt": [logical_id, "Name"]}}
+    # Gap: moto's CloudFormation skips resource types it does not model (the schema registry,
+    # QueuePolicy, ApiGateway::Stage...) but crashes validating an Output that reads one
+    # ("'NoneType' object has no attribute 'has_cfn_attr'"). Such outputs are left out.
+    unmodelled = _unmodelled_resources(adjusted)
+    for name, output in list(outputs.items()):
+        missing = _references(output.get("Value")) & unmodelled
+        if missing:
+            logger.info("output %s left out: moto does not model %s", name, sorted(missing))
+            del outputs[name]
+    for logical_id, resource in adjusted.get("Resources", {}).items():
+        if resource.get("Type") == "AWS::ApiGateway::RestApi":
+            properties = resource.setdefault("Properties", {})
+            # Gap: moto requires `Name`, which SAM leaves out of the RestApi it generates
+            # (AWS takes the title from the Body).
+            properties.setdefault("Name", logical_id)
+    return adjusted
+
+
+def physical_ids_from_outputs(outputs: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(physical ids carried by our added outputs, the template's own outputs)."""
+    carried = {
+        k[len(_OUTPUT_PREFIX) :]: v for k, v in outputs.items() if k.startswith(_OUTPUT_PREFIX)
+    }
+    own = {k: v for k, v in outputs.items() if not k.startswith(_OUTPUT_PREFIX)}
+    return carried, own
+
+
+def _unmodelled_resources(template: dict[str, Any]) -> set[str]:
+    from moto.cloudformation.parsing import get_model_map
+
+    modelled = set(get_model_map())
+    return {
+        logical_id
+        for logical_id, resource in (template.get("Resources") or {}).items()
+        if resource.get("Type") not in modelled
+    }
+
+
+def _references(node: Any) -> set[str]:
+    """Logical ids a template value reads through Ref, Fn::GetAtt or Fn::Sub."""
+    found: set[str] = set()
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "Ref" and isinstance(value, str):
+                found.add(value)
+            elif key == "Fn::GetAtt":
+                target = value[0] if isinstance(value, list) else str(value).split(".", 1)[0]
+                found.add(str(target))
+            elif key == "Fn::Sub":
+                text = value[0] if isinstance(value, list) else value
+                if isinstance(text, str):
+                    found |= {m.split(".", 1)[0] for m in re.findall(r"\$\{([^}!]+)\}", text)}
+                if isinstance(value, list):
+                    found |= _references(value[1:])
+            found |= _references(value)
+    elif isinstance(node, list):
+        for item in node:
+            found |= _references(item)
+    return found
+
+
+def _replace_refs(node: Any, logical_ids: set[str], attribute: str) -> Any:
+    if isinstance(node, dict):
+        if set(node) == {"Ref"} and node["Ref"] in logical_ids:
+            return {"Fn::GetAtt": [node["Ref"], attribute]}
+        return {key: _replace_refs(value, logical_ids, attribute) for key, value in node.items()}
+    if isinstance(node, list):
+        return [_replace_refs(item, logical_ids, attribute) for item in node]
+    return node
+
+
+def placeholder_code_zip() -> bytes:
+    """A zip to stand for a function's or layer's code.
+
+    Gap: moto's CloudFormation creates AWS::Lambda::Function/LayerVersion only when the code
+    object exists in S3. Our code never runs from it (see the Lambda dispatch below), so the
+    artifact bucket holds this placeholder under every key the template names.
+    """
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("README.txt", "imagegen local stack: code runs in-process from the repo\n")
+    return buffer.getvalue()
+
+
+# --- Patched moto classes --------------------------------------------------------------------
+
+
+def install() -> None:
+    """Patch moto's classes in this process (once)."""
+    global _installed
+    with _install_lock:
+        if _installed:
+            return
+        _patch_state_machine_creation()
+        _patch_rest_api_creation()
+        _patch_lambda_invoke()
+        _installed = True
+
+
+def register_lambda(function_name: str, dispatch: LambdaDispatch) -> None:
+    """Route moto Lambda invocations of ``function_name`` to ``dispatch``."""
+    _dispatchers[function_name] = dispatch
+
+
+def unregister_lambda(function_name: str) -> None:
+    _dispatchers.pop(function_name, None)
+
+
+def substitute_definition(definition: str, substitutions: dict[str, Any]) -> str:
+    """Apply DefinitionSubstitutions as Step Functions does: each ``${key}`` by its value."""
+    for key, value in substitutions.items():
+        definition = definition.replace("${" + key + "}", str(value))
+    return definition
+
+
+def _patch_state_machine_creation() -> None:
+    from moto.core.config import default_user_config
+    from moto.stepfunctions.models import StateMachine, stepfunctions_backends
+
+    def create_from_cloudformation_json(
+        cls: type[StateMachine],
+        resource_name: str,
+        cloudformation_json: Any,
+        account_id: str,
+        region_name: str,
+        **kwargs: Any,
+    ) -> StateMachine:
+        properties = cloudformation_json["Properties"]
+        definition = properties.get("DefinitionString", "")
+        if not isinstance(definition, str):
+            definition = json.dumps(properties.get("Definition", definition))
+        # Gap 1: moto ignores DefinitionSubstitutions (the ASL would keep "${...}" in its ARNs).
+        # By now moto has resolved the values' intrinsics, so they are plain strings.
+        definition = substitute_definition(
+            definition, properties.get("DefinitionSubstitutions") or {}
+        )
+        # Gap 2: moto's CloudFormation creates the machine in the plain Step Functions backend,
+        # while execute mode reads (and runs executions from) the parser backend.
+        backend: Any = stepfunctions_backends[account_id][region_name]
+        if default_user_config.get("stepfunctions", {}).get("execute_state_machine", False):
+            from moto.stepfunctions.parser.models import stepfunctions_parser_backends
+
+            backend = stepfunctions_parser_backends[account_id][region_name]
+        return backend.create_state_machine(  # type: ignore[no-any-return]
+            properties.get("StateMachineName", resource_name),
+            definition,
+            properties.get("RoleArn", ""),
+            tags=[{"key": t["Key"], "value": t["Value"]} for t in properties.get("Tags", [])],
+            sm_type=properties.get("StateMachineType"),
+        )
+
+    def delete_from_cloudformation_json(
+        cls: type[StateMachine],
+        resource_name: str,
+        cloudformation_json: Any,
+        account_id: str,
+        region_name: str,
+    ) -> None:
+        from moto.stepfunctions.parser.models import stepfunctions_parser_backends
+
+        for backends in (stepfunctions_backends, stepfunctions_parser_backends):
+            backend: Any = backends[account_id][region_name]
+            for machine in list(backend.state_machines):
+                if resource_name in (machine.arn, machine.name):
+                    backend.delete_state_machine(machine.arn)
+
+    StateMachine.create_from_cloudformation_json = classmethod(  # type: ignore[method-assign,assignment]
+        create_from_cloudformation_json
+    )
+    StateMachine.delete_from_cloudformation_json = classmethod(  # type: ignore[method-assign,assignment]
+        delete_from_cloudformation_json
+    )
+
+
+def _patch_rest_api_creation() -> None:
+    from moto.apigateway.models import RestAPI, apigateway_backends
+
+    original = RestAPI.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
+
+    def create_from_cloudformation_json(
+        cls: type[RestAPI],
+        resource_name: str,
+        cloudformation_json: dict[str, Any],
+        account_id: str,
+        region_name: str,
+        **kwargs: Any,
+    ) -> RestAPI:
+        api = original(cls, resource_name, cloudformation_json, account_id, region_name, **kwargs)
+        body = cloudformation_json["Properties"].get("Body")
+        if isinstance(body, dict) and body.get("paths"):
+            # Gap: moto ignores `Body`, so the API would have no resources or methods (and its
+            # Deployment fails with "The REST API doesn't contain any methods"). moto imports
+            # only OpenAPI 3 while SAM writes Swagger 2.0: the paths and integrations, which is
+            # all moto reads, are the same in both.
+            document = {
+                "openapi": "3.0.1",
+                "info": body.get("info") or {"title": resource_name, "version": "1.0"},
+                "paths": body["paths"],
+            }
+            try:
+                apigateway_backends[account_id][region_name].put_rest_api(
+                    api.id, document, fail_on_warnings=False, mode="overwrite"
+                )
+            except Exception as error:  # moto implements a subset of OpenAPI: keep the API
+                logger.warning("moto could not import the body of %s: %s", resource_name, error)
+        return api  # type: ignore[no-any-return]
+
+    RestAPI.create_from_cloudformation_json = classmethod(  # type: ignore[method-assign,assignment]
+        create_from_cloudformation_json
+    )
+
+
+def _patch_lambda_invoke() -> None:
+    from moto.awslambda_simple.models import LambdaSimpleBackend
+
+    original = LambdaSimpleBackend.invoke
+
+    def invoke(
+        self: LambdaSimpleBackend,
+        function_name: str,
+        qualifier: str | None,
+        body: Any,
+        headers: Any,
+        response_headers: Any,
+    ) -> str | bytes | None:
+        # Gap: without Docker, moto's Lambda echoes the request instead of running code. Our
+        # handlers run in this process instead; a handler's exception is reported the way Lambda
+        # does (the x-amz-function-error header and an {errorType, errorMessage} payload), so the
+        # state machine's Retry and Catch match the exception's class name.
+        name = function_name.rsplit(":function:", 1)[-1].split(":", 1)[0]
+        try:
+            name = self.get_function(function_name, qualifier).function_name
+        except Exception:  # unknown to moto: let moto answer as it would
+            return original(self, function_name, qualifier, body, headers, response_headers)
+        dispatch = _dispatchers.get(name)
+        if dispatch is None:
+            return original(self, function_name, qualifier, body, headers, response_headers)
+        raw = body if isinstance(body, bytes) else (body or "").encode()
+        payload, function_error = dispatch(raw, dict(headers or {}))
+        if function_error:
+            response_headers["x-amz-function-error"] = function_error
+        return payload
+
+    LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign]

@@ -1,0 +1,41 @@
+"""AWS clients, created once per cold start and shared by the handlers of one process."""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import boto3
+from botocore.config import Config
+
+_CONFIG = Config(
+    retries={"total_max_attempts": 3, "mode": "standard"},
+    user_agent_extra="imagegen",
+    connect_timeout=5,
+    read_timeout=60,
+)
+_SERVICE_CONFIG = {
+    # The state machine's Retry owns backoff for Bedrock's throttling, with jitter across all
+    # images of a job; retrying inside botocore too would multiply the attempts and sit out the
+    # Lambda timeout. Image models can take a while to answer.
+    "bedrock-runtime": Config(retries={"total_max_attempts": 1}, read_timeout=120),
+    # Pre-signed URLs must be SigV4: it is what every region accepts for temporary credentials.
+    "s3": Config(signature_version="s3v4"),
+}
+
+
+@functools.cache
+def client(service_name: str, region_name: str | None = None) -> Any:
+    """A boto3 client for ``service_name``, built on first use and reused afterwards.
+
+    ``region_name`` lets Bedrock be called in another region than the function's (the Stability
+    models are offered in fewer regions than Lambda).
+    """
+    config = _CONFIG
+    if service_name in _SERVICE_CONFIG:
+        config = config.merge(_SERVICE_CONFIG[service_name])
+    return boto3.session.Session().client(
+        service_name,  # type: ignore[call-overload]
+        region_name=region_name,
+        config=config,
+    )

@@ -1,0 +1,220 @@
+"""Jobs as Step Functions executions: start, read and cancel them on behalf of their owner.
+
+A job's id is its execution name. The execution's input carries the owner, so a caller can read
+or cancel only its own jobs; for anyone else the job does not exist (404, not 403, so ids of
+other callers' jobs cannot be probed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+from botocore.exceptions import ClientError
+
+from imagegen_common.models import (
+    EVENT_SOURCE,
+    IMAGE_GENERATION_CANCELLED,
+    ErrorCode,
+    ErrorInfo,
+    ExecutionStatus,
+    ImageGeneratedDetail,
+    ImageGenerationCancelledDetail,
+    ImageView,
+    Job,
+    JobStatus,
+)
+from imagegen_common.presign import presign_get
+
+_EXECUTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
+
+STAGE_BY_STATE: dict[str, str] = {
+    "Validate Prompt": "validating",
+    "Which Backend?": "validating",
+    "Generate with Bedrock": "generating",
+    "Generate One Image": "generating",
+    "Record Image Failure": "generating",
+    "Fall Back to GPU?": "generating",
+    "Use GPU Backend": "generating",
+    "Generate on GPU": "generating",
+    "Create Pre-signed URLs": "signing",
+    "Emit Image Generated": "publishing",
+    "Describe Failure": "failing",
+    "Emit Image Generation Failed": "failing",
+    "Generation Failed": "failing",
+    "Failure Not Described": "failing",
+}
+"""What ``GET /generate/{id}`` reports as ``stage`` for each state of the workflow."""
+
+
+class JobNotFoundError(Exception):
+    """No job with this id belongs to the caller."""
+
+
+class IdempotencyConflictError(Exception):
+    """An Idempotency-Key was reused with a different request."""
+
+
+class JobNotRunningError(Exception):
+    """The job has already ended, so it cannot be cancelled."""
+
+    def __init__(self, status: ExecutionStatus) -> None:
+        super().__init__(f"the job has already ended with status {status.value}")
+        self.status = status
+
+
+def new_job_id(owner: str, idempotency_key: str | None) -> str:
+    """The execution name: derived from owner and key when retries must find the same job."""
+    if idempotency_key:
+        digest = hashlib.sha256(f"{owner}\n{idempotency_key}".encode()).hexdigest()
+        return f"idem-{digest[:48]}"
+    return uuid.uuid4().hex
+
+
+def execution_arn(state_machine_arn: str, execution_name: str) -> str:
+    prefix = state_machine_arn.replace(":stateMachine:", ":execution:", 1)
+    return f"{prefix}:{execution_name}"
+
+
+def start_job(sfn: Any, state_machine_arn: str, job: Job) -> str:
+    """Start the workflow for ``job``; a retry with the same id returns the same job.
+
+    Step Functions keeps execution names unique per state machine (for 90 days after an
+    execution ends), which makes the name an idempotency key. A reused key with another request
+    is a conflict.
+    """
+    payload = json.dumps({"job": job.model_dump(mode="json")})
+    try:
+        sfn.start_execution(stateMachineArn=state_machine_arn, name=job.job_id, input=payload)
+    except ClientError as error:
+        if error.response["Error"]["Code"] != "ExecutionAlreadyExists":
+            raise
+        existing = _job_of(_describe(sfn, state_machine_arn, job.job_id))
+        if existing.owner != job.owner or existing.request != job.request:
+            raise IdempotencyConflictError(
+                "this Idempotency-Key was already used with a different request"
+            ) from error
+    return job.job_id
+
+
+def job_status(
+    sfn: Any,
+    s3_client: Any,
+    state_machine_arn: str,
+    execution_id: str,
+    owner: str,
+    ttl_seconds: int,
+) -> JobStatus:
+    """The job's status; on success with freshly signed URLs, on failure with code and message."""
+    execution = _owned_execution(sfn, state_machine_arn, execution_id, owner)
+    status = ExecutionStatus(execution["status"])
+    result = JobStatus(execution_id=execution_id, status=status)
+    if status is ExecutionStatus.RUNNING:
+        result.stage = _current_stage(sfn, execution["executionArn"])
+    elif status is ExecutionStatus.SUCCEEDED:
+        detail = ImageGeneratedDetail.model_validate_json(execution.get("output") or "{}")
+        for image in detail.images:
+            bucket, key = image.s3_uri.removeprefix("s3://").split("/", 1)
+            url, expires_at = presign_get(s3_client, bucket, key, ttl_seconds)
+            result.images.append(
+                ImageView(
+                    url=url,
+                    expires_at=expires_at,
+                    width=image.width,
+                    height=image.height,
+                    seed=image.seed,
+                )
+            )
+        result.failed_images = detail.failed_images
+    elif status is ExecutionStatus.FAILED:
+        result.error = _failure_of(execution)
+    elif status is ExecutionStatus.TIMED_OUT:
+        result.error = ErrorInfo(code=ErrorCode.TIMEOUT, message="the workflow timed out")
+    return result
+
+
+def cancel_job(
+    sfn: Any,
+    events: Any,
+    state_machine_arn: str,
+    execution_id: str,
+    owner: str,
+    event_bus_name: str,
+    event_source: str = EVENT_SOURCE,
+) -> JobStatus:
+    """Stop a running job and tell subscribers with an "Image Generation Cancelled" event."""
+    execution = _owned_execution(sfn, state_machine_arn, execution_id, owner)
+    status = ExecutionStatus(execution["status"])
+    if status is not ExecutionStatus.RUNNING:
+        raise JobNotRunningError(status)
+    sfn.stop_execution(
+        executionArn=execution["executionArn"],
+        error="Cancelled",
+        cause="cancelled by its owner through DELETE /generate/{execution_id}",
+    )
+    detail = ImageGenerationCancelledDetail(
+        execution_id=execution_id, owner=owner, cancelled_at=datetime.now(UTC)
+    )
+    events.put_events(
+        Entries=[
+            {
+                "EventBusName": event_bus_name,
+                "Source": event_source,
+                "DetailType": IMAGE_GENERATION_CANCELLED,
+                "Detail": detail.model_dump_json(),
+            }
+        ]
+    )
+    stopped = _describe(sfn, state_machine_arn, execution_id)
+    return JobStatus(execution_id=execution_id, status=ExecutionStatus(stopped["status"]))
+
+
+def _describe(sfn: Any, state_machine_arn: str, execution_id: str) -> dict[str, Any]:
+    if not _EXECUTION_NAME.match(execution_id):
+        raise JobNotFoundError(execution_id)
+    try:
+        described: dict[str, Any] = sfn.describe_execution(
+            executionArn=execution_arn(state_machine_arn, execution_id)
+        )
+    except ClientError as error:
+        if error.response["Error"]["Code"] in {"ExecutionDoesNotExist", "InvalidArn"}:
+            raise JobNotFoundError(execution_id) from error
+        raise
+    return described
+
+
+def _job_of(execution: dict[str, Any]) -> Job:
+    return Job.model_validate(json.loads(execution.get("input") or "{}")["job"])
+
+
+def _owned_execution(
+    sfn: Any, state_machine_arn: str, execution_id: str, owner: str
+) -> dict[str, Any]:
+    execution = _describe(sfn, state_machine_arn, execution_id)
+    try:
+        job_owner = _job_of(execution).owner
+    except (KeyError, ValueError):
+        job_owner = None  # started outside the API: nobody's job
+    if job_owner != owner:
+        raise JobNotFoundError(execution_id)
+    return execution
+
+
+def _current_stage(sfn: Any, arn: str) -> str | None:
+    history = sfn.get_execution_history(executionArn=arn, reverseOrder=True, maxResults=50)
+    for event in history.get("events", []):
+        if event["type"].endswith("StateEntered"):
+            return STAGE_BY_STATE.get(event["stateEnteredEventDetails"]["name"])
+    return "starting"
+
+
+def _failure_of(execution: dict[str, Any]) -> ErrorInfo:
+    code = execution.get("error") or ""
+    message = execution.get("cause") or code or "the workflow failed"
+    if code in ErrorCode.__members__:
+        return ErrorInfo(code=ErrorCode(code), message=message)
+    return ErrorInfo(code=ErrorCode.INTERNAL_ERROR, message=f"{code}: {message}")

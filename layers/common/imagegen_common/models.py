@@ -1,0 +1,274 @@
+"""The domain model: requests, jobs, image outcomes and the events subscribers receive.
+
+Defined once, here, and shared by the API, the workflow's functions, the GPU service and the
+local stack. This module imports nothing else of ours, so `gpu_service` can depend on it alone.
+Everything that crosses a boundary (HTTP body, state machine input/output, SQS message,
+EventBridge detail) is one of these models, dumped with ``model_dump(mode="json")``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Annotated, Final, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+SCHEMA_VERSION: Final = "1.0"
+"""Version of every event's ``detail``. Bump the major part for a breaking change."""
+
+MAX_PROMPT_CHARS = 1000
+MAX_IMAGES_PER_JOB = 4
+MAX_SEED = 4_294_967_294
+"""Stability's models accept seeds in [0, 4294967294]; we use the same range for every backend."""
+
+
+class Backend(StrEnum):
+    BEDROCK = "bedrock"
+    GPU = "gpu"
+
+
+class FallbackBackend(StrEnum):
+    NONE = "none"
+    GPU = "gpu"
+
+
+class ExecutionStatus(StrEnum):
+    """The status of a job: Step Functions' execution statuses, as the API reports them."""
+
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    TIMED_OUT = "TIMED_OUT"
+    ABORTED = "ABORTED"
+
+
+class ErrorCode(StrEnum):
+    """Machine-readable failure codes, shared by the API, failure events and image outcomes."""
+
+    VALIDATION_ERROR = "VALIDATION_ERROR"
+    INVALID_PROMPT = "INVALID_PROMPT"
+    CONTENT_FILTERED = "CONTENT_FILTERED"
+    MODEL_THROTTLED = "MODEL_THROTTLED"
+    MODEL_ERROR = "MODEL_ERROR"
+    MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
+    INVALID_JOB = "INVALID_JOB"
+    TIMEOUT = "TIMEOUT"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+Prompt = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_PROMPT_CHARS)
+]
+NegativePrompt = Annotated[
+    str, StringConstraints(strip_whitespace=True, max_length=MAX_PROMPT_CHARS)
+]
+Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
+Dimension = Annotated[int, Field(ge=64, le=2048, multiple_of=8)]
+
+
+class GenerateRequest(BaseModel):
+    """Body of ``POST /generate``. Unset fields take the deployment's defaults (see settings)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompt: Prompt = Field(description="What to draw; 1 to 1000 characters after trimming.")
+    negative_prompt: NegativePrompt | None = Field(
+        default=None, description="What to keep out of the image."
+    )
+    width: Dimension | None = Field(default=None, description="Pixels; set with height.")
+    height: Dimension | None = Field(default=None, description="Pixels; set with width.")
+    seed: Seed | None = Field(
+        default=None, description="Seed of the first image; image i uses seed + i."
+    )
+    num_images: int = Field(default=1, ge=1, le=MAX_IMAGES_PER_JOB)
+    backend: Backend | None = Field(default=None, description="bedrock or gpu.")
+    model_id: str | None = Field(
+        default=None, description="A Bedrock model id from the deployment's allow-list."
+    )
+
+    @model_validator(mode="after")
+    def _width_and_height_together(self) -> GenerateRequest:
+        if (self.width is None) != (self.height is None):
+            raise ValueError("width and height must be given together")
+        return self
+
+
+class ImageSlot(BaseModel):
+    """One image a job will make: where it goes and with which seed."""
+
+    index: int = Field(ge=0, lt=MAX_IMAGES_PER_JOB)
+    seed: Seed
+    s3_key: str
+
+
+class Job(BaseModel):
+    """A validated request, as the workflow carries it in ``$.job``.
+
+    The API builds it with the caller's identity and the request; the "Validate Prompt" state
+    resolves defaults (backend, model, size), checks the model's limits and fills ``images``.
+    """
+
+    job_id: str = Field(description="The Step Functions execution name; the API's execution_id.")
+    owner: str = Field(description="Caller identity: 'apikey:<id>', 'iam:<arn>' or 'anonymous'.")
+    submitted_at: datetime
+    request: GenerateRequest
+    backend: Backend | None = None
+    model_id: str | None = None
+    width: int | None = None
+    height: int | None = None
+    fallback_backend: FallbackBackend = FallbackBackend.NONE
+    bucket: str | None = None
+    images: list[ImageSlot] = Field(default_factory=list)
+
+
+class TaskError(BaseModel):
+    """A task failure as Step Functions reports it in a Catch's ``$.error`` ({Error, Cause})."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    error: str = Field(alias="Error")
+    cause: str | None = Field(default=None, alias="Cause")
+
+
+class ErrorInfo(BaseModel):
+    code: ErrorCode
+    message: str
+
+
+class ImageOutcome(BaseModel):
+    """The result of generating one image: either an S3 object or an error."""
+
+    index: int
+    seed: int | None = None
+    bucket: str | None = None
+    s3_key: str | None = None
+    width: int | None = None
+    height: int | None = None
+    error: ErrorInfo | None = None
+    task_error: TaskError | None = Field(
+        default=None,
+        description="A failure the workflow caught for this image ({Error, Cause}), e.g. "
+        "throttling that outlasted its retries; turned into ``error`` when results are signed.",
+    )
+
+    @property
+    def succeeded(self) -> bool:
+        return self.error is None and self.task_error is None and self.s3_key is not None
+
+
+class GenerationResult(BaseModel):
+    """What a backend hands back to the workflow (``$.generation``): one outcome per slot."""
+
+    images: list[ImageOutcome]
+
+
+class GpuJobMessage(BaseModel):
+    """Body of a message on the GPU job queue, sent by the workflow's "Generate on GPU" state.
+
+    The worker answers ``SendTaskSuccess(task_token, GenerationResult)`` or
+    ``SendTaskFailure(task_token, error=<ErrorCode>, cause=<message>)``.
+    """
+
+    task_token: str
+    job: Job
+
+
+# --- Events (EventBridge ``detail``) ---------------------------------------------------------
+
+EVENT_SOURCE = "imagegen"
+IMAGE_GENERATED = "Image Generated"
+IMAGE_GENERATION_FAILED = "Image Generation Failed"
+IMAGE_GENERATION_CANCELLED = "Image Generation Cancelled"
+
+
+class Parameters(BaseModel):
+    """The parameters a job ran with, as events report them."""
+
+    prompt: str
+    negative_prompt: str | None = None
+    width: int | None = None
+    height: int | None = None
+    num_images: int = 1
+    seed: int | None = None
+
+
+class SignedImage(BaseModel):
+    index: int
+    url: str = Field(description="Pre-signed GET URL; valid until expires_at.")
+    expires_at: datetime = Field(
+        description="When the URL stops working: the earlier of ExpiresIn and the signing "
+        "credentials' expiry."
+    )
+    s3_uri: str
+    width: int
+    height: int
+    seed: int | None = None
+
+
+class FailedImage(BaseModel):
+    index: int
+    seed: int | None = None
+    error: ErrorInfo
+
+
+class _EventDetail(BaseModel):
+    schema_version: Literal["1.0"] = SCHEMA_VERSION
+    execution_id: str
+    owner: str
+
+
+class ImageGeneratedDetail(_EventDetail):
+    """``detail`` of "Image Generated"."""
+
+    backend: Backend
+    model_id: str | None
+    parameters: Parameters
+    images: list[SignedImage]
+    failed_images: list[FailedImage] = Field(default_factory=list)
+    completed_at: datetime
+
+
+class ImageGenerationFailedDetail(_EventDetail):
+    """``detail`` of "Image Generation Failed"."""
+
+    backend: Backend | None = None
+    model_id: str | None = None
+    parameters: Parameters | None = None
+    error: ErrorInfo
+    failed_at: datetime
+
+
+class ImageGenerationCancelledDetail(_EventDetail):
+    """``detail`` of "Image Generation Cancelled"."""
+
+    cancelled_at: datetime
+
+
+# --- API responses ---------------------------------------------------------------------------
+
+
+class GenerateAccepted(BaseModel):
+    execution_id: str
+    status_url: str
+
+
+class ImageView(BaseModel):
+    url: str
+    expires_at: datetime
+    width: int
+    height: int
+    seed: int | None = None
+
+
+class JobStatus(BaseModel):
+    """Body of ``GET /generate/{execution_id}``."""
+
+    execution_id: str
+    status: ExecutionStatus
+    stage: str | None = Field(
+        default=None, description="While RUNNING: the workflow step, e.g. 'generating'."
+    )
+    images: list[ImageView] = Field(default_factory=list)
+    failed_images: list[FailedImage] = Field(default_factory=list)
+    error: ErrorInfo | None = None

@@ -1,0 +1,76 @@
+"""Configuration from environment variables, parsed once per cold start.
+
+Each function builds the settings class it needs at import time, so a missing variable fails the
+cold start with a message that names it (pydantic-settings reports e.g. ``IMAGES_BUCKET
+Field required``) instead of failing later inside a request.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from imagegen_common.models import Backend, FallbackBackend
+
+
+def _split_csv(value: object) -> object:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+CsvList = Annotated[list[str], NoDecode]
+
+
+class ImagesSettings(BaseSettings):
+    """Where images live and how long their pre-signed URLs last."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    images_bucket: str
+    presigned_url_ttl_seconds: int = Field(default=300, ge=1, le=43_200)
+
+
+class GenerationSettings(ImagesSettings):
+    """What a job may ask for, and the defaults it gets. Read by the API and the workflow."""
+
+    default_backend: Backend = Backend.BEDROCK
+    fallback_backend: FallbackBackend = FallbackBackend.NONE
+    default_model_id: str = "stability.stable-image-core-v1:1"
+    allowed_model_ids: CsvList = Field(
+        default_factory=lambda: [
+            "stability.stable-image-core-v1:1",
+            "stability.stable-image-ultra-v1:1",
+            "stability.sd3-5-large-v1:0",
+        ]
+    )
+    allowed_sizes: CsvList = Field(
+        default_factory=lambda: ["512x512", "768x768", "1024x1024", "1344x768", "768x1344"]
+    )
+    default_size: str = "1024x1024"
+    gpu_default_size: str = "512x512"
+    blocked_prompt_terms: CsvList = Field(default_factory=list)
+    bedrock_region: str | None = Field(
+        default=None, description="Region to call Bedrock in; the function's own when unset."
+    )
+
+    _split = field_validator(
+        "allowed_model_ids", "allowed_sizes", "blocked_prompt_terms", mode="before"
+    )(_split_csv)
+
+
+class EventsSettings(BaseSettings):
+    """Where result events go."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    event_bus_name: str
+    event_source: str = "imagegen"
+
+
+class ApiSettings(GenerationSettings, EventsSettings):
+    """The API function: everything above plus the state machine it starts."""
+
+    state_machine_arn: str

@@ -1,0 +1,108 @@
+"""The engine on the tiny random-weight model (its images are noise): sizes, seeds, batches."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from gpu_service.engine import Engine, ImageSpec, plan_batches
+from gpu_service.settings import Settings
+from gpu_service.tiny_model import ensure_tiny_model
+
+
+
+def _decode(png: bytes) -> Image.Image:
+    assert png.startswith(b"\x89PNG\r\n\x1a\n")
+    image = Image.open(io.BytesIO(png))
+    image.load()
+    return image
+
+
+def _spec(seed: int, prompt: str = "a lighthouse", **size: int) -> ImageSpec:
+    return ImageSpec(
+        prompt=prompt,
+        seed=seed,
+        width=size.get("width", 64),
+        height=size.get("height", 64),
+        steps=2,
+        guidance=0.0,
+    )
+
+
+def test_tiny_model_is_saved_with_pretrained_layout_and_rebuilt_only_when_missing(
+    tiny_model_dir: Path,
+) -> None:
+    index = json.loads((tiny_model_dir / "model_index.json").read_text())
+    assert index["_class_name"] == "StableDiffusionPipeline"
+    assert index["unet"] == ["diffusers", "UNet2DConditionModel"]
+    assert index["vae"] == ["diffusers", "AutoencoderKL"]
+    assert index["text_encoder"] == ["transformers", "CLIPTextModel"]
+    before = (tiny_model_dir / "unet").stat().st_mtime_ns
+    assert ensure_tiny_model(tiny_model_dir) == tiny_model_dir
+    assert (tiny_model_dir / "unet").stat().st_mtime_ns == before
+
+
+def test_loaded_engine_uses_cpu_float32_and_the_saved_pipeline(engine: Engine) -> None:
+    assert engine.device == "cpu"
+    assert str(engine.dtype) == "torch.float32"
+    assert type(engine.pipeline).__name__ == "StableDiffusionPipeline"
+    assert len(engine.pipeline.tokenizer) > 500  # our byte-level vocabulary, not a 2-token stub
+
+
+@pytest.mark.parametrize(("width", "height"), [(64, 64), (128, 64), (64, 96)])
+def test_returns_decodable_pngs_of_the_requested_size(
+    engine: Engine, width: int, height: int
+) -> None:
+    [png] = engine.generate([_spec(1, width=width, height=height)])
+    image = _decode(png)
+    assert image.size == (width, height)
+    assert image.mode == "RGB"
+
+
+def test_same_seed_gives_same_image_and_another_seed_another(engine: Engine) -> None:
+    first = np.asarray(_decode(engine.generate([_spec(42)])[0]))
+    again = np.asarray(_decode(engine.generate([_spec(42)])[0]))
+    other = np.asarray(_decode(engine.generate([_spec(43)])[0]))
+    assert np.array_equal(first, again)
+    assert not np.array_equal(first, other)
+
+
+def test_batch_of_n_returns_n_images_in_order(engine: Engine) -> None:
+    seeds = [7, 8, 9, 10]
+    batch = [np.asarray(_decode(png)) for png in engine.generate([_spec(s) for s in seeds])]
+    alone = [np.asarray(_decode(engine.generate([_spec(s)])[0])) for s in seeds]
+    assert len(batch) == len(seeds)
+    for index, image in enumerate(batch):
+        # Each batch item matches its own seed's image made alone (within float reordering),
+        # and is further from every other seed's image: the order is kept.
+        distances = [np.abs(image.astype(int) - other.astype(int)).mean() for other in alone]
+        assert int(np.argmin(distances)) == index
+        assert distances[index] <= 2.0
+
+
+def test_batch_with_mixed_sizes_is_refused(engine: Engine) -> None:
+    with pytest.raises(ValueError, match="share"):
+        engine.generate([_spec(1), _spec(2, width=128)])
+
+
+def test_unknown_scheduler_name_is_refused(make_settings: Callable[..., Settings]) -> None:
+    with pytest.raises(ValueError, match="SCHEDULER='NoSuchScheduler'"):
+        Engine.load(make_settings(scheduler="NoSuchScheduler"))
+
+
+def test_configured_scheduler_replaces_the_models(make_settings: Callable[..., Settings]) -> None:
+    engine = Engine.load(make_settings(scheduler="DDIMScheduler"))
+    assert type(engine.pipeline.scheduler).__name__ == "DDIMScheduler"
+    assert _decode(engine.generate([_spec(3)])[0]).size == (64, 64)
+
+
+def test_plan_batches_groups_compatible_items_in_order_up_to_max() -> None:
+    items = [("a", 1), ("b", 2), ("a", 3), ("a", 4), ("b", 5), ("a", 6)]
+    batches = plan_batches(items, key=lambda item: item[0], max_batch=2)
+    assert batches == [[("a", 1), ("a", 3)], [("a", 4), ("a", 6)], [("b", 2), ("b", 5)]]

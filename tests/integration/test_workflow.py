@@ -1,0 +1,392 @@
+"""The real state machine, executed by moto's ASL interpreter, on the stack built from template.yaml.
+
+Each test submits a job through the API function (a real API Gateway proxy event), lets the
+workflow run with its Lambda tasks dispatched to our handlers in-process, Bedrock answered by the
+local stand-in and the GPU queue served by a test worker, then checks the execution's final
+status, the PNGs in S3 and the event a subscriber queue received.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from moto import mock_aws
+
+from imagegen.local.deploy import DeployedStack, deploy_stack
+from imagegen.local.fake_bedrock import FakeBedrock
+from imagegen.local.moto_workarounds import MOTO_CONFIG
+from imagegen_common.models import GenerationResult, GpuJobMessage, ImageOutcome
+from imagegen_common.png import png_size
+from tests.conftest import REPO_ROOT, load_event
+
+pytestmark = pytest.mark.workflow
+
+TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
+GPU_PNG_SIZE = (512, 512)
+
+
+def tiny_png(width: int, height: int) -> bytes:
+    """A real, decodable PNG (what the test GPU worker 'generates')."""
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (width, height), (40, 90, 160)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@dataclass
+class Workflow:
+    stack: DeployedStack
+    bedrock: FakeBedrock
+    api: Callable[[dict[str, Any]], dict[str, Any]]
+    worker_threads: list[threading.Thread] = field(default_factory=list)
+
+    @property
+    def sfn(self) -> Any:
+        return boto3.client("stepfunctions")
+
+    @property
+    def bucket(self) -> str:
+        return self.stack.only("buckets")
+
+    def submit(self, body: dict[str, Any], api_key_id: str = "key-a") -> str:
+        event = copy.deepcopy(load_event("api_post_generate.json"))
+        event["body"] = json.dumps(body)
+        event["requestContext"]["identity"]["apiKeyId"] = api_key_id
+        response = self.api(event)
+        assert response["statusCode"] == 202, response["body"]
+        return str(json.loads(response["body"])["execution_id"])
+
+    def status(self, execution_id: str, method: str = "GET") -> tuple[int, dict[str, Any]]:
+        name = "api_get_generate.json" if method == "GET" else "api_delete_generate.json"
+        event = copy.deepcopy(load_event(name))
+        event["pathParameters"] = {"execution_id": execution_id}
+        event["path"] = f"/generate/{execution_id}"
+        event["requestContext"]["identity"]["apiKeyId"] = "key-a"
+        response = self.api(event)
+        return response["statusCode"], json.loads(response["body"])
+
+    def wait(self, execution_id: str, timeout_s: float = 60) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        arn = self.execution_arn(execution_id)
+        while time.monotonic() < deadline:
+            execution: dict[str, Any] = self.sfn.describe_execution(executionArn=arn)
+            if execution["status"] in TERMINAL:
+                return execution
+            time.sleep(0.1)
+        raise AssertionError(f"{execution_id} still running after {timeout_s} s")
+
+    def execution_arn(self, execution_id: str) -> str:
+        machine = self.stack.only("state_machines")
+        return machine.replace(":stateMachine:", ":execution:") + ":" + execution_id
+
+    def result_events(self, count: int = 1, timeout_s: float = 20) -> list[dict[str, Any]]:
+        """Events the template's ResultEventsQueue (a queue subscriber) received."""
+        queue_url = self.stack.queues["ResultEventsQueue"]
+        sqs = boto3.client("sqs")
+        received: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout_s
+        while len(received) < count and time.monotonic() < deadline:
+            answer = sqs.receive_message(
+                QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+            )
+            for message in answer.get("Messages", []):
+                received.append(json.loads(message["Body"]))
+                sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+        return received
+
+    def png(self, key: str) -> bytes:
+        return bytes(boto3.client("s3").get_object(Bucket=self.bucket, Key=key)["Body"].read())
+
+    def serve_gpu_queue(self, behaviour: str = "succeed", jobs: int = 1) -> None:
+        """A stand-in for the GPU worker: take jobs off the queue and report with the token."""
+
+        def work() -> None:
+            sqs = boto3.client("sqs")
+            queue_url = self.stack.queues["GpuJobQueue"]
+            done = 0
+            deadline = time.monotonic() + 60
+            while done < jobs and time.monotonic() < deadline:
+                answer = sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=1)
+                for message in answer.get("Messages", []):
+                    job_message = GpuJobMessage.model_validate_json(message["Body"])
+                    if behaviour == "succeed":
+                        self._complete_gpu_job(job_message)
+                    # "silent": never report, never heartbeat (a worker that died)
+                    sqs.delete_message(
+                        QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"]
+                    )
+                    done += 1
+
+        thread = threading.Thread(target=work, daemon=True)
+        thread.start()
+        self.worker_threads.append(thread)
+
+    def _complete_gpu_job(self, message: GpuJobMessage) -> None:
+        job = message.job
+        outcomes = []
+        for slot in job.images:
+            boto3.client("s3").put_object(
+                Bucket=job.bucket or self.bucket, Key=slot.s3_key, Body=tiny_png(*GPU_PNG_SIZE)
+            )
+            outcomes.append(
+                ImageOutcome(
+                    index=slot.index,
+                    seed=slot.seed,
+                    bucket=job.bucket or self.bucket,
+                    s3_key=slot.s3_key,
+                    width=GPU_PNG_SIZE[0],
+                    height=GPU_PNG_SIZE[1],
+                )
+            )
+        self.sfn.send_task_success(
+            taskToken=message.task_token,
+            output=GenerationResult(images=outcomes).model_dump_json(),
+        )
+
+
+@pytest.fixture
+def workflow_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Workflow]]:
+    with mock_aws(config=MOTO_CONFIG), FakeBedrock() as bedrock:
+        monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", bedrock.endpoint_url)
+        created: list[Workflow] = []
+
+        def create(template: Path = REPO_ROOT / "template.yaml", **parameters: str) -> Workflow:
+            stack = deploy_stack(template, parameters=parameters or None)
+            workflow = Workflow(
+                stack=stack,
+                bedrock=bedrock,
+                api=lambda event: stack.invoke("ApiFunction", event),
+            )
+            created.append(workflow)
+            return workflow
+
+        yield create
+        for workflow in created:
+            for thread in workflow.worker_threads:
+                thread.join(timeout=5)
+
+
+@pytest.fixture
+def workflow(workflow_factory: Callable[..., Workflow]) -> Workflow:
+    return workflow_factory(BlockedPromptTerms="forbidden-thing")
+
+
+def assert_event(event: dict[str, Any], detail_type: str, execution_id: str) -> dict[str, Any]:
+    assert event["detail-type"] == detail_type
+    assert event["source"] == "imagegen"
+    detail: dict[str, Any] = event["detail"]
+    assert detail["execution_id"] == execution_id
+    assert detail["schema_version"] == "1.0"
+    return detail
+
+
+@pytest.mark.parametrize(
+    ("model_id", "size", "expected_png"),
+    [
+        ("stability.stable-image-core-v1:1", (1024, 1024), (1024, 1024)),
+        ("stability.stable-image-ultra-v1:1", (1344, 768), None),
+        ("stability.sd3-5-large-v1:0", (768, 1344), None),
+    ],
+)
+def test_bedrock_branch_succeeds_with_each_stability_model(
+    workflow: Workflow,
+    model_id: str,
+    size: tuple[int, int],
+    expected_png: tuple[int, int] | None,
+) -> None:
+    execution_id = workflow.submit(
+        {"prompt": "a lighthouse at dawn", "model_id": model_id, "width": size[0], "height": size[1], "seed": 7}
+    )
+
+    execution = workflow.wait(execution_id)
+    assert execution["status"] == "SUCCEEDED", execution
+    [event] = workflow.result_events()
+    detail = assert_event(event, "Image Generated", execution_id)
+    [image] = detail["images"]
+    assert detail["model_id"] == model_id
+    png = workflow.png(image["s3_uri"].split("/", 3)[3])
+    assert png_size(png) == (image["width"], image["height"])
+    if expected_png:
+        assert png_size(png) == expected_png
+    assert [call.model_id for call in workflow.bedrock.calls] == [model_id]
+    status_code, status = workflow.status(execution_id)
+    assert status_code == 200 and status["status"] == "SUCCEEDED"
+    assert status["images"][0]["width"] == image["width"]
+    assert "X-Amz-Signature" in status["images"][0]["url"]
+
+
+def test_several_images_fan_out_and_one_filtered_image_does_not_sink_the_others(
+    workflow: Workflow,
+) -> None:
+    workflow.bedrock.fail_next("filter_output", times=1)
+    execution_id = workflow.submit({"prompt": "three boats", "num_images": 3, "seed": 100})
+
+    assert workflow.wait(execution_id)["status"] == "SUCCEEDED"
+    [event] = workflow.result_events()
+    detail = assert_event(event, "Image Generated", execution_id)
+    assert len(detail["images"]) == 2
+    [failed] = detail["failed_images"]
+    assert failed["error"]["code"] == "CONTENT_FILTERED"
+    assert sorted(image["seed"] for image in detail["images"]) + [failed["seed"]] != []
+    assert {image["seed"] for image in detail["images"]} | {failed["seed"]} == {100, 101, 102}
+    assert len(workflow.bedrock.calls) == 3
+
+
+def test_gpu_branch_is_completed_by_the_worker_with_the_task_token(workflow: Workflow) -> None:
+    workflow.serve_gpu_queue("succeed")
+    execution_id = workflow.submit({"prompt": "a red bicycle", "backend": "gpu", "num_images": 2})
+
+    assert workflow.wait(execution_id)["status"] == "SUCCEEDED"
+    [event] = workflow.result_events()
+    detail = assert_event(event, "Image Generated", execution_id)
+    assert detail["backend"] == "gpu"
+    assert len(detail["images"]) == 2
+    for image in detail["images"]:
+        assert png_size(workflow.png(image["s3_uri"].split("/", 3)[3])) == GPU_PNG_SIZE
+    assert workflow.bedrock.calls == []
+
+
+def test_invalid_prompt_fails_with_a_failure_event(workflow: Workflow) -> None:
+    execution_id = workflow.submit({"prompt": "a photo of a forbidden-thing"})
+
+    execution = workflow.wait(execution_id)
+    assert execution["status"] == "FAILED"
+    assert execution["error"] == "INVALID_PROMPT"
+    [event] = workflow.result_events()
+    detail = assert_event(event, "Image Generation Failed", execution_id)
+    assert detail["error"]["code"] == "INVALID_PROMPT"
+    assert "forbidden-thing" in detail["error"]["message"]
+    assert workflow.bedrock.calls == []
+    _, status = workflow.status(execution_id)
+    assert status["status"] == "FAILED"
+    assert status["error"]["code"] == "INVALID_PROMPT"
+
+
+def test_content_filtered_prompt_fails_with_its_code(workflow: Workflow) -> None:
+    workflow.bedrock.fail_next("filter_prompt")
+    execution_id = workflow.submit({"prompt": "something the filter blocks"})
+
+    assert workflow.wait(execution_id)["status"] == "FAILED"
+    [event] = workflow.result_events()
+    detail = assert_event(event, "Image Generation Failed", execution_id)
+    assert detail["error"]["code"] == "CONTENT_FILTERED"
+    assert len(workflow.bedrock.calls) == 1  # a filtered prompt is never retried
+
+
+def test_throttling_is_retried_then_succeeds(workflow: Workflow) -> None:
+    workflow.bedrock.fail_next("throttle", times=2)
+    execution_id = workflow.submit({"prompt": "a busy harbour"})
+
+    assert workflow.wait(execution_id, timeout_s=90)["status"] == "SUCCEEDED"
+    [event] = workflow.result_events()
+    assert_event(event, "Image Generated", execution_id)
+    assert len(workflow.bedrock.calls) == 3
+
+
+def test_permanent_model_error_fails_without_retries(workflow: Workflow) -> None:
+    workflow.bedrock.fail_next("inference_error")
+    execution_id = workflow.submit({"prompt": "a quiet street"})
+
+    assert workflow.wait(execution_id)["status"] == "FAILED"
+    [event] = workflow.result_events()
+    detail = assert_event(event, "Image Generation Failed", execution_id)
+    assert detail["error"]["code"] == "MODEL_ERROR"
+    assert len(workflow.bedrock.calls) == 1
+
+
+def test_unavailable_model_falls_back_to_the_gpu_queue(
+    workflow_factory: Callable[..., Workflow],
+) -> None:
+    workflow = workflow_factory(FallbackBackend="gpu")
+    workflow.bedrock.unavailable_models.add("stability.stable-image-core-v1:1")
+    workflow.serve_gpu_queue("succeed")
+    execution_id = workflow.submit({"prompt": "a mountain lake"})
+
+    assert workflow.wait(execution_id)["status"] == "SUCCEEDED"
+    [event] = workflow.result_events()
+    detail = assert_event(event, "Image Generated", execution_id)
+    assert detail["backend"] == "gpu"
+    assert png_size(workflow.png(detail["images"][0]["s3_uri"].split("/", 3)[3])) == GPU_PNG_SIZE
+
+
+def test_unavailable_model_without_fallback_fails_with_its_code(workflow: Workflow) -> None:
+    workflow.bedrock.unavailable_models.add("stability.stable-image-core-v1:1")
+    execution_id = workflow.submit({"prompt": "a mountain lake"})
+
+    assert workflow.wait(execution_id)["status"] == "FAILED"
+    [event] = workflow.result_events()
+    detail = assert_event(event, "Image Generation Failed", execution_id)
+    assert detail["error"]["code"] == "MODEL_UNAVAILABLE"
+
+
+def test_cancel_stops_the_execution_and_tells_subscribers(workflow: Workflow) -> None:
+    execution_id = workflow.submit({"prompt": "a slow job", "backend": "gpu"})
+    time.sleep(0.5)  # the job now waits on the GPU queue, which nobody serves yet
+
+    status_code, body = workflow.status(execution_id, method="DELETE")
+    assert status_code == 202, body
+    [event] = workflow.result_events()
+    assert_event(event, "Image Generation Cancelled", execution_id)
+    # moto applies StopExecution when the waiting state ends (AWS aborts at once): report the
+    # task so the state ends, as a worker would, then the status reads ABORTED.
+    workflow.serve_gpu_queue("succeed")
+    assert workflow.wait(execution_id)["status"] == "ABORTED"
+    _, status = workflow.status(execution_id)
+    assert status["status"] == "ABORTED"
+    code, _ = workflow.status(execution_id, method="DELETE")
+    assert code == 409  # it has ended: nothing left to cancel
+
+
+def test_gpu_heartbeat_timeout_fails_with_a_failure_event(
+    workflow_factory: Callable[..., Workflow], tmp_path: Path
+) -> None:
+    template = short_heartbeat_copy(tmp_path, heartbeat_seconds=2)
+    workflow = workflow_factory(template)
+    workflow.serve_gpu_queue("silent")
+    execution_id = workflow.submit({"prompt": "a job whose worker dies", "backend": "gpu"})
+
+    execution = workflow.wait(execution_id, timeout_s=30)
+    assert execution["status"] == "FAILED"
+    [event] = workflow.result_events()
+    detail = assert_event(event, "Image Generation Failed", execution_id)
+    assert detail["error"]["code"] == "TIMEOUT"
+
+
+def test_status_reports_the_stage_while_running(workflow: Workflow) -> None:
+    execution_id = workflow.submit({"prompt": "a job waiting for a GPU", "backend": "gpu"})
+    time.sleep(0.5)
+
+    _, status = workflow.status(execution_id)
+    assert status["status"] == "RUNNING"
+    assert status["stage"] == "generating"
+    workflow.serve_gpu_queue("succeed")
+    assert workflow.wait(execution_id)["status"] == "SUCCEEDED"
+
+
+def short_heartbeat_copy(directory: Path, heartbeat_seconds: int) -> Path:
+    """template.yaml beside a copy of the ASL whose GPU heartbeat is ``heartbeat_seconds``.
+
+    The deployed heartbeat (120 s) is too long to wait out in a test; only that number changes.
+    """
+    definition = json.loads((REPO_ROOT / "statemachine/generate_image.asl.json").read_text())
+    assert definition["States"]["Generate on GPU"]["HeartbeatSeconds"] == 120
+    definition["States"]["Generate on GPU"]["HeartbeatSeconds"] = heartbeat_seconds
+    (directory / "statemachine").mkdir()
+    (directory / "statemachine/generate_image.asl.json").write_text(json.dumps(definition))
+    shutil.copy(REPO_ROOT / "template.yaml", directory / "template.yaml")
+    for shared in ("functions", "layers"):
+        (directory / shared).symlink_to(REPO_ROOT / shared)
+    return directory / "template.yaml"
