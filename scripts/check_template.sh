@@ -37,13 +37,15 @@ ensure_venv() {  # ensure_venv DIR REQUIREMENTS: (re)install only when the pins 
 }
 
 find_python313() {  # sam build's python3.13 workflow needs that interpreter on PATH
-  if command -v python3.13 > /dev/null; then return; fi
+  # A pyenv shim is on PATH even where 3.13 is not the selected version: check that it runs.
+  if python3.13 -c 'import sys' > /dev/null 2>&1; then return; fi
   local root
   root="$(pyenv root 2>/dev/null || echo "${HOME}/.pyenv")"
   local candidate
   for candidate in "${root}"/versions/3.13*/bin; do
     if [[ -x "${candidate}/python3.13" ]]; then
       export PATH="${candidate}:${PATH}"
+      echo "==> python3.13 for sam build: ${candidate}/python3.13"
       return
     fi
   done
@@ -71,7 +73,6 @@ assert_layer_platform() {  # the layer must hold Lambda's wheels, not this machi
 }
 
 total_start=$SECONDS
-step "tool venvs" true
 ensure_venv .venv-sam requirements/sam.txt
 ensure_venv .venv-checkov requirements/checkov.txt
 

@@ -98,9 +98,6 @@ def import_function(directory: str) -> Any:
     """
     import importlib.util
 
-    from imagegen_common.aws import client
-
-    client.cache_clear()
     path = REPO_ROOT / "functions" / directory / "app.py"
     spec = importlib.util.spec_from_file_location(f"function_{directory}_app", path)
     assert spec and spec.loader

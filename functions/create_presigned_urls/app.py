@@ -1,7 +1,5 @@
 """CreatePresignedUrlsFunction ("Create Pre-signed URLs" state): the "Image Generated" detail."""
 
-from __future__ import annotations
-
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer

@@ -1,7 +1,5 @@
 """DescribeFailureFunction ("Describe Failure" state): the "Image Generation Failed" detail."""
 
-from __future__ import annotations
-
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer

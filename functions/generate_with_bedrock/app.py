@@ -1,7 +1,5 @@
 """GenerateWithBedrockFunction ("Generate One Image" state): one image of a job, stored in S3."""
 
-from __future__ import annotations
-
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer

@@ -4,8 +4,6 @@ Copy it to start your own: it parses the EventBridge envelope with powertools' p
 ``detail`` into the typed model of its detail-type, and logs what a downstream system would act on.
 """
 
-from __future__ import annotations
-
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer

@@ -1,7 +1,5 @@
 """ValidatePromptFunction ("Validate Prompt" state): resolve and check a job, plan its images."""
 
-from __future__ import annotations
-
 from typing import Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer

@@ -59,6 +59,7 @@ class DeployedFunction:
     timeout_s: int
     memory_mb: int
     region: str
+    layer_dirs: tuple[Path, ...] = ()
 
     @property
     def handler_path(self) -> Path:
@@ -77,6 +78,7 @@ class DeployedFunction:
             timeout_s=self.timeout_s,
             memory_mb=self.memory_mb,
             region=self.region,
+            layer_dirs=self.layer_dirs,
         )
 
 
@@ -130,6 +132,14 @@ class DeployedStack:
 # --- Translation -----------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class LocalCode:
+    """Local code folders by SAM logical id: ``CodeUri`` of functions, ``ContentUri`` of layers."""
+
+    functions: dict[str, Path]
+    layers: dict[str, Path]
+
+
 def load_sam_template(template_path: Path) -> dict[str, Any]:
     from samtranslator.yaml_helper import yaml_parse
 
@@ -141,8 +151,8 @@ def translate_template(
     parameters: Mapping[str, str] | None = None,
     region: str = DEFAULT_REGION,
     artifact_bucket: str = "imagegen-local-artifacts",
-) -> tuple[dict[str, Any], dict[str, Path]]:
-    """CloudFormation for ``template_path`` and each function's local code folder.
+) -> tuple[dict[str, Any], LocalCode]:
+    """CloudFormation for ``template_path`` and the local folders of its functions and layers.
 
     samtranslator rejects local paths, so code locations become ``s3://`` keys in
     ``artifact_bucket`` (``<LogicalId>.zip``) and local ``DefinitionUri`` files are inlined.
@@ -156,6 +166,7 @@ def translate_template(
     resources: dict[str, Any] = sam.get("Resources") or {}
     global_function = (sam.get("Globals") or {}).get("Function") or {}
     code_dirs: dict[str, Path] = {}
+    layer_dirs: dict[str, Path] = {}
     for logical_id, resource in resources.items():
         kind = resource.get("Type")
         properties = resource.setdefault("Properties", {})
@@ -167,6 +178,7 @@ def translate_template(
         elif kind == "AWS::Serverless::LayerVersion":
             content_uri = properties.get("ContentUri")
             if isinstance(content_uri, str) and not content_uri.startswith("s3://"):
+                layer_dirs[logical_id] = (base_dir / content_uri).resolve()
                 properties["ContentUri"] = f"s3://{artifact_bucket}/{logical_id}.zip"
         elif kind == "AWS::Serverless::StateMachine":
             definition_uri = properties.get("DefinitionUri")
@@ -189,7 +201,7 @@ def translate_template(
     except InvalidDocumentException as error:
         causes = "; ".join(str(cause) for cause in error.causes)
         raise DeployError(f"{template_path}: SAM translation failed: {causes}") from error
-    return cfn, code_dirs
+    return cfn, LocalCode(functions=code_dirs, layers=layer_dirs)
 
 
 def _read_document(path: Path) -> Any:
@@ -223,7 +235,7 @@ def deploy_stack(
     moto_workarounds.install()
     template_path = Path(template_path).resolve()
     artifact_bucket = f"{stack_name}-artifacts".lower()
-    cfn, code_dirs = translate_template(template_path, parameters, region, artifact_bucket)
+    cfn, local_code = translate_template(template_path, parameters, region, artifact_bucket)
     cfn = moto_workarounds.adjust_template(cfn)
     client = functools.partial(_client, region=region, endpoint_url=endpoint_url)
 
@@ -237,6 +249,9 @@ def deploy_stack(
     unknown = sorted(set(parameters or {}) - set(declared))
     if unknown:
         raise DeployError(f"{template_path} has no parameters {unknown}")
+    stack_parameters = moto_workarounds.parameters_with_list_defaults(
+        declared, {key: str(value) for key, value in (parameters or {}).items()}
+    )
     cloudformation = client("cloudformation")
     started = time.monotonic()
     try:
@@ -247,8 +262,8 @@ def deploy_stack(
                 StackName=stack_name,
                 TemplateBody=json.dumps(cfn),
                 Parameters=[
-                    {"ParameterKey": key, "ParameterValue": str(value)}
-                    for key, value in (parameters or {}).items()
+                    {"ParameterKey": key, "ParameterValue": value}
+                    for key, value in stack_parameters.items()
                 ],
                 Capabilities=["CAPABILITY_IAM", "CAPABILITY_NAMED_IAM", "CAPABILITY_AUTO_EXPAND"],
             )
@@ -261,7 +276,7 @@ def deploy_stack(
         cloudformation,
         stack_name,
         cfn,
-        code_dirs,
+        local_code,
         template_path=template_path,
         region=region,
         lambda_client=client("lambda"),
@@ -348,7 +363,7 @@ def describe_stack(
     cloudformation: Any,
     stack_name: str,
     cfn: dict[str, Any],
-    code_dirs: Mapping[str, Path],
+    local_code: LocalCode,
     *,
     template_path: Path,
     region: str,
@@ -374,20 +389,25 @@ def describe_stack(
 
     functions: dict[str, DeployedFunction] = {}
     for logical_id, name in of_type("AWS::Lambda::Function").items():
-        if logical_id not in code_dirs:
+        if logical_id not in local_code.functions:
             continue  # inline code or code in S3: nothing local to run
         configuration = lambda_client.get_function(FunctionName=name)["Configuration"]
         functions[logical_id] = DeployedFunction(
             logical_id=logical_id,
             function_name=configuration["FunctionName"],
             function_arn=configuration["FunctionArn"],
-            code_uri=code_dirs[logical_id],
+            code_uri=local_code.functions[logical_id],
             handler=configuration["Handler"],
-            environment=dict((configuration.get("Environment") or {}).get("Variables") or {}),
+            # Lambda's variables are strings; moto keeps a Number parameter's int.
+            environment={
+                name: str(value)
+                for name, value in ((configuration.get("Environment") or {}).get("Variables") or {}).items()
+            },
             timeout_s=int(configuration.get("Timeout", 3)),
             memory_mb=int(configuration.get("MemorySize", 128)),
             region=region,
         )
+    layer_dirs = tuple(sorted(set(local_code.layers.values())))
     routes, stages = _api_routes(cfn)
     return DeployedStack(
         stack_name=stack_name,

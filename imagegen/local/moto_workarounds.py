@@ -128,6 +128,24 @@ def _replace_refs(node: Any, logical_ids: set[str], attribute: str) -> Any:
     return node
 
 
+def parameters_with_list_defaults(
+    declared: dict[str, Any], overrides: dict[str, str]
+) -> dict[str, str]:
+    """``overrides`` plus the default of every list-typed parameter not overridden.
+
+    Gap: moto splits a CommaDelimitedList (or List<...>) parameter into a list only when it is
+    passed in, not when it takes its Default; `!Join [",", !Ref P]` then joins the characters of
+    the string. Passing the defaults explicitly gets them split.
+    """
+    merged = dict(overrides)
+    for name, declaration in declared.items():
+        kind = str(declaration.get("Type", "String"))
+        is_list = kind == "CommaDelimitedList" or kind.startswith("List<")
+        if is_list and name not in merged and "Default" in declaration:
+            merged[name] = str(declaration["Default"])
+    return merged
+
+
 def placeholder_code_zip() -> bytes:
     """A zip to stand for a function's or layer's code.
 
@@ -153,6 +171,7 @@ def install() -> None:
         _patch_state_machine_creation()
         _patch_rest_api_creation()
         _patch_lambda_invoke()
+        _patch_rule_lambda_targets()
         _installed = True
 
 
@@ -301,3 +320,49 @@ def _patch_lambda_invoke() -> None:
         return payload
 
     LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign]
+
+
+def _patch_rule_lambda_targets() -> None:
+    from moto.awslambda.utils import get_backend as lambda_backend
+    from moto.core.utils import iso_8601_datetime_without_milliseconds, utcfromtimestamp
+    from moto.events.models import Rule
+    from moto.utilities.arns import parse_arn
+
+    original = Rule.send_to_targets
+
+    def send_to_targets(self: Rule, original_event: Any, transform_input: bool = True) -> None:
+        # Gap: moto's EventBridge delivers to SQS, logs and buses, but raises NotImplementedError
+        # ("Expr not defined for Rule") for a Lambda target, which fails the state machine's
+        # events:putEvents task. Lambda targets are invoked asynchronously (as EventBridge does)
+        # through moto's Lambda, i.e. our handler in-process; the other targets go to moto.
+        if not self.event_pattern.matches_event(original_event):
+            return
+        lambda_targets = [t for t in self.targets if parse_arn(t["Arn"]).service == "lambda"]
+        if len(lambda_targets) < len(self.targets):
+            others = copy.copy(self)
+            others.targets = [t for t in self.targets if t not in lambda_targets]
+            original(others, original_event, transform_input)
+        for target in lambda_targets:
+            event = dict(original_event)
+            if "time" in event and not isinstance(event["time"], str):
+                event["time"] = iso_8601_datetime_without_milliseconds(
+                    utcfromtimestamp(float(event["time"]))
+                )
+            payload = target["Input"] if "Input" in target else json.dumps(event)
+            arn = parse_arn(target["Arn"])
+            backend = lambda_backend(arn.account, arn.region)
+            threading.Thread(
+                target=_invoke_event_target,
+                args=(backend, target["Arn"], payload),
+                name=f"eventbridge-{self.name}",
+                daemon=True,
+            ).start()
+
+    Rule.send_to_targets = send_to_targets  # type: ignore[method-assign]
+
+
+def _invoke_event_target(backend: Any, function_arn: str, payload: str) -> None:
+    try:
+        backend.invoke(function_arn, None, payload, {"X-Amz-Invocation-Type": "Event"}, {})
+    except Exception:  # an asynchronous target's failure never reaches the sender
+        logger.exception("EventBridge target %s failed", function_arn)

@@ -212,6 +212,8 @@ def test_bedrock_branch_succeeds_with_each_stability_model(
     )
 
     execution = workflow.wait(execution_id)
+    if execution["status"] != "SUCCEEDED":
+        import sys; sys.path.insert(0, "/tmp"); import debug_wf; debug_wf.debug(workflow, execution_id)
     assert execution["status"] == "SUCCEEDED", execution
     [event] = workflow.result_events()
     detail = assert_event(event, "Image Generated", execution_id)

@@ -1,8 +1,11 @@
-"""AWS clients, created once per cold start and shared by the handlers of one process."""
+"""AWS clients with the project's settings (timeouts, retries, signature version).
+
+Handlers call :func:`client` at module level, so each client is built once per cold start and
+reused by every invocation of that execution environment.
+"""
 
 from __future__ import annotations
 
-import functools
 from typing import Any
 
 import boto3
@@ -24,9 +27,8 @@ _SERVICE_CONFIG = {
 }
 
 
-@functools.cache
 def client(service_name: str, region_name: str | None = None) -> Any:
-    """A boto3 client for ``service_name``, built on first use and reused afterwards.
+    """A boto3 client for ``service_name`` with the project's configuration.
 
     ``region_name`` lets Bedrock be called in another region than the function's (the Stability
     models are offered in fewer regions than Lambda).

@@ -30,7 +30,8 @@ class ImagesSettings(BaseSettings):
     model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
 
     images_bucket: str
-    presigned_url_ttl_seconds: int = Field(default=300, ge=1, le=43_200)
+    # 7 days is the most SigV4 allows; the template caps a deployment at the role session (1 h).
+    presigned_url_ttl_seconds: int = Field(default=300, ge=1, le=604_800)
 
 
 class GenerationSettings(ImagesSettings):
