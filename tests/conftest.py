@@ -1,11 +1,10 @@
-"""Fixtures shared by every suite: no network but loopback, fake AWS credentials, a Lambda context."""
+"""Fixtures for every suite: no network but loopback, fake AWS credentials, a Lambda context."""
 
 from __future__ import annotations
 
 import json
 import socket
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -86,8 +85,8 @@ def load_event(name: str) -> dict[str, Any]:
 
 
 @pytest.fixture
-def event_loader() -> Iterator[Any]:
-    yield load_event
+def event_loader() -> Any:
+    return load_event
 
 
 def import_function(directory: str) -> Any:

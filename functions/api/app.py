@@ -4,7 +4,6 @@ Routes are declared with pydantic models, so requests are validated and the Open
 comes from the same code. Errors are typed exceptions, mapped to responses in one place below.
 """
 
-
 from datetime import UTC, datetime
 from http import HTTPStatus
 from typing import Annotated, Any
@@ -12,7 +11,7 @@ from typing import Annotated, Any
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
-from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn
+from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn, SecurityScheme
 from aws_lambda_powertools.event_handler.openapi.params import Header, Path
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
@@ -45,7 +44,9 @@ app = APIGatewayRestResolver(enable_validation=True)
 
 OPENAPI_TITLE = "imagegen"
 OPENAPI_VERSION = "1.0.0"
-SECURITY_SCHEMES = {"apiKey": APIKey(name="x-api-key", in_=APIKeyIn.header)}
+SECURITY_SCHEMES: dict[str, SecurityScheme] = {
+    "apiKey": APIKey(name="x-api-key", in_=APIKeyIn.header)
+}
 
 ExecutionId = Annotated[str, Path(description="The execution_id returned by POST /generate.")]
 IdempotencyKey = Annotated[
@@ -91,10 +92,11 @@ def handle_invalid_request(error: RequestValidationError) -> Response[dict[str, 
 
 @app.exception_handler(InvalidPromptError)
 def handle_invalid_prompt(error: InvalidPromptError) -> Response[dict[str, Any]]:
-    fields = [{"field": error.field, "rule": "allowed_values", "message": error.message}]
+    fields = None
+    if error.field:
+        fields = [{"field": error.field, "rule": "allowed_values", "message": error.message}]
     return _json_response(
-        HTTPStatus.UNPROCESSABLE_ENTITY,
-        _error_body(error.code, error.message, fields if error.field else None),
+        HTTPStatus.UNPROCESSABLE_ENTITY, _error_body(error.code, error.message, fields)
     )
 
 

@@ -14,6 +14,12 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from imagegen_common.subscriber import ResultEvent, summarise_result_event
 
+class ResultEventEnvelope(EventBridgeModel):
+    """EventBridge's envelope; ``detail`` is parsed by its detail-type below."""
+
+    detail: dict[str, Any]
+
+
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
@@ -23,7 +29,7 @@ metrics = Metrics()
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    envelope = parse(event=event, model=EventBridgeModel)
+    envelope = parse(event=event, model=ResultEventEnvelope)
     result: ResultEvent = summarise_result_event(envelope.detail_type, envelope.detail)
     logger.info("result event", **result.model_dump(mode="json"))
     metrics.add_metric(name=result.metric_name, unit=MetricUnit.Count, value=1)

@@ -175,7 +175,10 @@ def _gateway_error(status: HTTPStatus, message: str) -> HttpResponse:
     body = json.dumps({"message": message}).encode()
     return HttpResponse(
         int(status),
-        [("Content-Type", "application/json"), ("x-amzn-ErrorType", status.phrase.replace(" ", ""))],
+        [
+            ("Content-Type", "application/json"),
+            ("x-amzn-ErrorType", status.phrase.replace(" ", "")),
+        ],
         body,
     )
 
@@ -208,7 +211,12 @@ class LocalApiGateway:
         self.routes = stack.routes
 
     def handle(
-        self, method: str, target: str, headers: Sequence[tuple[str, str]], body: bytes, source_ip: str
+        self,
+        method: str,
+        target: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        source_ip: str,
     ) -> HttpResponse:
         url = urlsplit(target)
         path = unquote(url.path) or "/"
@@ -230,7 +238,9 @@ class LocalApiGateway:
         )
         spec = self.stack.functions[match.route.function_logical_id].spec
         try:
-            result = self.runtime.invoke(spec, event, request_id=event["requestContext"]["requestId"])
+            result = self.runtime.invoke(
+                spec, event, request_id=event["requestContext"]["requestId"]
+            )
         except Exception:
             logger.exception("%s failed on %s %s", spec.logical_id, method, path)
             return _gateway_error(HTTPStatus.BAD_GATEWAY, "Internal server error")
@@ -257,7 +267,9 @@ def _handler_class(gateway: LocalApiGateway, log: Callable[[str], None]) -> type
             self.end_headers()
             if self.command != "HEAD":
                 self.wfile.write(response.body)
-            log(f"{self.command} {self.path} -> {response.status} ({time.monotonic() - started:.2f} s)")
+            log(
+                f"{self.command} {self.path} -> {response.status} ({time.monotonic() - started:.2f} s)"
+            )
 
         do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _serve
 
@@ -280,9 +292,13 @@ class LocalApiServer:
         ensure_port_free(host, port, "the API")
         self.host = host
         self.port = port
-        self._server = ThreadingHTTPServer((host, port), _handler_class(gateway, log or logger.info))
+        self._server = ThreadingHTTPServer(
+            (host, port), _handler_class(gateway, log or logger.info)
+        )
         self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, name="local-api", daemon=True)
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="local-api", daemon=True
+        )
 
     @property
     def url(self) -> str:

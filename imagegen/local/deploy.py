@@ -401,7 +401,9 @@ def describe_stack(
             # Lambda's variables are strings; moto keeps a Number parameter's int.
             environment={
                 name: str(value)
-                for name, value in ((configuration.get("Environment") or {}).get("Variables") or {}).items()
+                for name, value in (
+                    (configuration.get("Environment") or {}).get("Variables") or {}
+                ).items()
             },
             timeout_s=int(configuration.get("Timeout", 3)),
             memory_mb=int(configuration.get("MemorySize", 128)),

@@ -172,6 +172,7 @@ def install() -> None:
         _patch_rest_api_creation()
         _patch_lambda_invoke()
         _patch_rule_lambda_targets()
+        _patch_execution_history_paging()
         _installed = True
 
 
@@ -366,3 +367,28 @@ def _invoke_event_target(backend: Any, function_arn: str, payload: str) -> None:
         backend.invoke(function_arn, None, payload, {"X-Amz-Invocation-Type": "Event"}, {})
     except Exception:  # an asynchronous target's failure never reaches the sender
         logger.exception("EventBridge target %s failed", function_arn)
+
+
+def _patch_execution_history_paging() -> None:
+    from moto.core.responses import ActionResult
+    from moto.stepfunctions.responses import StepFunctionResponse
+
+    def get_execution_history(self: StepFunctionResponse) -> ActionResult:
+        # Gap: moto ignores GetExecutionHistory's reverseOrder, maxResults and nextToken (it
+        # always answers every event, oldest first), so "the latest state entered" reads the
+        # first one. Applied here to what moto returns.
+        history = dict(
+            self.stepfunction_backend.get_execution_history(self._get_param("executionArn"))
+        )
+        events = list(history.get("events", []))
+        if self._get_param("reverseOrder"):
+            events.reverse()
+        start = int(self._get_param("nextToken") or 0)
+        page_size = int(self._get_param("maxResults") or 0) or 1000
+        history["events"] = events[start : start + page_size]
+        history.pop("nextToken", None)
+        if start + page_size < len(events):
+            history["nextToken"] = str(start + page_size)
+        return ActionResult(history)
+
+    StepFunctionResponse.get_execution_history = get_execution_history  # type: ignore[method-assign]

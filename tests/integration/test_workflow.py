@@ -1,4 +1,4 @@
-"""The real state machine, executed by moto's ASL interpreter, on the stack built from template.yaml.
+"""The real state machine, run by moto's ASL interpreter on the stack built from template.yaml.
 
 Each test submits a job through the API function (a real API Gateway proxy event), lets the
 workflow run with its Lambda tasks dispatched to our handlers in-process, Bedrock answered by the
@@ -125,9 +125,7 @@ class Workflow:
                     if behaviour == "succeed":
                         self._complete_gpu_job(job_message)
                     # "silent": never report, never heartbeat (a worker that died)
-                    sqs.delete_message(
-                        QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"]
-                    )
+                    sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
                     done += 1
 
         thread = threading.Thread(target=work, daemon=True)
@@ -208,12 +206,16 @@ def test_bedrock_branch_succeeds_with_each_stability_model(
     expected_png: tuple[int, int] | None,
 ) -> None:
     execution_id = workflow.submit(
-        {"prompt": "a lighthouse at dawn", "model_id": model_id, "width": size[0], "height": size[1], "seed": 7}
+        {
+            "prompt": "a lighthouse at dawn",
+            "model_id": model_id,
+            "width": size[0],
+            "height": size[1],
+            "seed": 7,
+        }
     )
 
     execution = workflow.wait(execution_id)
-    if execution["status"] != "SUCCEEDED":
-        import sys; sys.path.insert(0, "/tmp"); import debug_wf; debug_wf.debug(workflow, execution_id)
     assert execution["status"] == "SUCCEEDED", execution
     [event] = workflow.result_events()
     detail = assert_event(event, "Image Generated", execution_id)
@@ -242,7 +244,6 @@ def test_several_images_fan_out_and_one_filtered_image_does_not_sink_the_others(
     assert len(detail["images"]) == 2
     [failed] = detail["failed_images"]
     assert failed["error"]["code"] == "CONTENT_FILTERED"
-    assert sorted(image["seed"] for image in detail["images"]) + [failed["seed"]] != []
     assert {image["seed"] for image in detail["images"]} | {failed["seed"]} == {100, 101, 102}
     assert len(workflow.bedrock.calls) == 3
 
@@ -336,7 +337,7 @@ def test_unavailable_model_without_fallback_fails_with_its_code(workflow: Workfl
 
 def test_cancel_stops_the_execution_and_tells_subscribers(workflow: Workflow) -> None:
     execution_id = workflow.submit({"prompt": "a slow job", "backend": "gpu"})
-    time.sleep(0.5)  # the job now waits on the GPU queue, which nobody serves yet
+    wait_for_stage(workflow, execution_id, "generating")  # waits on a queue nobody serves yet
 
     status_code, body = workflow.status(execution_id, method="DELETE")
     assert status_code == 202, body
@@ -369,13 +370,29 @@ def test_gpu_heartbeat_timeout_fails_with_a_failure_event(
 
 def test_status_reports_the_stage_while_running(workflow: Workflow) -> None:
     execution_id = workflow.submit({"prompt": "a job waiting for a GPU", "backend": "gpu"})
-    time.sleep(0.5)
 
-    _, status = workflow.status(execution_id)
-    assert status["status"] == "RUNNING"
-    assert status["stage"] == "generating"
+    stages = []
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline and "generating" not in stages:
+        _, status = workflow.status(execution_id)
+        assert status["status"] == "RUNNING"  # nobody serves the GPU queue yet
+        stages.append(status["stage"])
+        time.sleep(0.05)
+    assert stages[-1] == "generating"
+    assert set(stages) <= {"starting", "validating", "generating"}, stages
     workflow.serve_gpu_queue("succeed")
     assert workflow.wait(execution_id)["status"] == "SUCCEEDED"
+
+
+def wait_for_stage(
+    workflow: Workflow, execution_id: str, stage: str, timeout_s: float = 20
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if workflow.status(execution_id)[1]["stage"] == stage:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{execution_id} never reached stage {stage!r}")
 
 
 def short_heartbeat_copy(directory: Path, heartbeat_seconds: int) -> Path:

@@ -38,7 +38,9 @@ def call(api: Any, event: dict[str, Any], lambda_context: Any) -> tuple[int, dic
     return response["statusCode"], json.loads(response["body"])
 
 
-def post_event(body: Any, api_key_id: str = "key-a", headers: dict[str, str] | None = None) -> dict[str, Any]:
+def post_event(
+    body: Any, api_key_id: str = "key-a", headers: dict[str, str] | None = None
+) -> dict[str, Any]:
     event = copy.deepcopy(load_event("api_post_generate.json"))
     event["body"] = body if isinstance(body, str) else json.dumps(body)
     event["requestContext"]["identity"]["apiKeyId"] = api_key_id
@@ -56,7 +58,9 @@ def get_event(execution_id: str, api_key_id: str = "key-a", method: str = "GET")
 
 
 def test_post_generate_starts_an_execution_and_answers_202(api: Any, lambda_context: Any) -> None:
-    status, body = call(api, post_event({"prompt": "  a red fox  ", "num_images": 2}), lambda_context)
+    status, body = call(
+        api, post_event({"prompt": "  a red fox  ", "num_images": 2}), lambda_context
+    )
 
     assert status == 202
     assert body["status_url"].endswith(f"/generate/{body['execution_id']}")
@@ -76,7 +80,9 @@ def test_idempotency_key_returns_the_same_execution(api: Any, lambda_context: An
     first = call(api, post_event({"prompt": "a lighthouse"}, headers=headers), lambda_context)
     second = call(api, post_event({"prompt": "a lighthouse"}, headers=headers), lambda_context)
     other_caller = call(
-        api, post_event({"prompt": "a lighthouse"}, api_key_id="key-b", headers=headers), lambda_context
+        api,
+        post_event({"prompt": "a lighthouse"}, api_key_id="key-b", headers=headers),
+        lambda_context,
     )
 
     assert first[0] == second[0] == 202
@@ -84,7 +90,9 @@ def test_idempotency_key_returns_the_same_execution(api: Any, lambda_context: An
     assert other_caller[1]["execution_id"] != first[1]["execution_id"]
 
 
-def test_idempotency_key_reused_with_another_request_is_a_conflict(api: Any, lambda_context: Any) -> None:
+def test_idempotency_key_reused_with_another_request_is_a_conflict(
+    api: Any, lambda_context: Any
+) -> None:
     headers = {"Idempotency-Key": "order-43"}
     call(api, post_event({"prompt": "a lighthouse"}, headers=headers), lambda_context)
     status, body = call(api, post_event({"prompt": "a windmill"}, headers=headers), lambda_context)
@@ -123,8 +131,12 @@ def test_body_that_is_not_json_gets_422(api: Any, lambda_context: Any) -> None:
     assert answer["error"]["code"] == "VALIDATION_ERROR"
 
 
-def test_model_outside_the_allow_list_gets_422_listing_allowed(api: Any, lambda_context: Any) -> None:
-    status, answer = call(api, post_event({"prompt": "ok", "model_id": "acme.painter-v1"}), lambda_context)
+def test_model_outside_the_allow_list_gets_422_listing_allowed(
+    api: Any, lambda_context: Any
+) -> None:
+    status, answer = call(
+        api, post_event({"prompt": "ok", "model_id": "acme.painter-v1"}), lambda_context
+    )
 
     assert status == 422
     assert answer["error"]["fields"][0]["field"] == "model_id"
@@ -136,7 +148,9 @@ def test_size_without_an_aspect_ratio_of_the_model_gets_422(
 ) -> None:
     monkeypatch.setenv("ALLOWED_SIZES", "1024x1024,1024x640")
     fresh = import_function("api")
-    status, answer = call(fresh, post_event({"prompt": "ok", "width": 1024, "height": 640}), lambda_context)
+    status, answer = call(
+        fresh, post_event({"prompt": "ok", "width": 1024, "height": 640}), lambda_context
+    )
 
     assert status == 422
     assert answer["error"]["code"] == "INVALID_PROMPT"

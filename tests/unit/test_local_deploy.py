@@ -110,7 +110,9 @@ FIXTURE_ASL = {
             "Resource": "arn:aws:states:::lambda:invoke",
             "Parameters": {"FunctionName": "${GreetFunctionArn}", "Payload.$": "$"},
             "OutputPath": "$.Payload",
-            "Catch": [{"ErrorEquals": ["NameMissingError"], "ResultPath": "$.error", "Next": "No Name"}],
+            "Catch": [
+                {"ErrorEquals": ["NameMissingError"], "ResultPath": "$.error", "Next": "No Name"}
+            ],
             "Next": "Emit",
         },
         "Emit": {
@@ -305,7 +307,9 @@ def test_event_bus_refs_become_getatt_name_and_rest_api_gets_a_name() -> None:
 
 
 def test_substitute_definition_replaces_only_the_given_keys() -> None:
-    assert substitute_definition('{"a": "${A}", "b": "${B}"}', {"A": "x"}) == '{"a": "x", "b": "${B}"}'
+    assert (
+        substitute_definition('{"a": "${A}", "b": "${B}"}', {"A": "x"}) == '{"a": "x", "b": "${B}"}'
+    )
 
 
 # --- The runtime on its own ------------------------------------------------------------------
@@ -387,4 +391,3 @@ def test_dispatch_reports_a_failed_cold_start(tmp_path: Path) -> None:
     body = json.loads(payload)
     assert body["errorType"] == "Runtime.ImportModuleError"
     assert "MISSING_SETTING" in body["errorMessage"]
-

@@ -101,7 +101,7 @@ def _signs_urls(handler: Any, event: dict[str, Any], context: Any) -> None:
 
 def _raises(error_name: str) -> Any:
     def check(handler: Any, event: dict[str, Any], context: Any) -> None:
-        with pytest.raises(Exception) as raised:
+        with pytest.raises(Exception) as raised:  # noqa: PT011 - the class is the assertion
             handler(event, context)
         assert type(raised.value).__name__ == error_name
 

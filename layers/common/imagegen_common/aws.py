@@ -37,7 +37,7 @@ def client(service_name: str, region_name: str | None = None) -> Any:
     if service_name in _SERVICE_CONFIG:
         config = config.merge(_SERVICE_CONFIG[service_name])
     return boto3.session.Session().client(
-        service_name,  # type: ignore[call-overload]
+        service_name,
         region_name=region_name,
         config=config,
     )
