@@ -110,7 +110,7 @@ class MicroBatcher:
                     await asyncio.wait_for(self._arrived.wait(), remaining)
                 except TimeoutError:
                     break
-            batch = self._take(key)[:1]
+            batch = self._take(key)
             if not batch:
                 continue
             started = loop.time()

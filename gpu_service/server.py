@@ -91,7 +91,9 @@ class Metrics:
         self.queue_depth = Gauge(
             "imagegen_gpu_queue_depth", "Requests waiting for a batch.", registry=self.registry
         )
-        self.ready = Gauge("imagegen_gpu_ready", "1 once the model is warm.", registry=self.registry)
+        self.ready = Gauge(
+            "imagegen_gpu_ready", "1 once the model is warm.", registry=self.registry
+        )
         self.gpu_memory = Gauge(
             "imagegen_gpu_memory_bytes",
             "GPU memory allocated by torch (0 on CPU).",
@@ -144,9 +146,7 @@ async def _start_engine(state: ServiceState, loader: EngineLoader) -> None:
     state.engine, state.batcher, state.ready = engine, batcher, True
     state.metrics.ready.set(1)
     state.metrics.queue_depth.set_function(lambda: batcher.queue_depth)
-    state.metrics.gpu_memory.labels("allocated").set_function(
-        lambda: engine.gpu_memory_bytes()[0]
-    )
+    state.metrics.gpu_memory.labels("allocated").set_function(lambda: engine.gpu_memory_bytes()[0])
     state.metrics.gpu_memory.labels("peak").set_function(lambda: engine.gpu_memory_bytes()[1])
     logger.info("ready: %s", engine.model_id)
 
@@ -157,7 +157,9 @@ def _field_error(field_name: str, message: str, value: Any) -> JSONResponse:
     return JSONResponse(status_code=422, content={"detail": detail})
 
 
-def create_app(settings: Settings | None = None, engine_loader: EngineLoader | None = None) -> FastAPI:
+def create_app(
+    settings: Settings | None = None, engine_loader: EngineLoader | None = None
+) -> FastAPI:
     """The FastAPI app. ``engine_loader`` (default ``Engine.load``) runs in a thread at startup."""
     service = ServiceState(settings or get_settings())
     loader: EngineLoader = engine_loader or Engine.load
@@ -232,7 +234,9 @@ def create_app(settings: Settings | None = None, engine_loader: EngineLoader | N
     @app.get("/healthz", summary="The process is up (and the model did not fail to load)")
     async def healthz() -> JSONResponse:
         if service.load_error is not None:
-            return JSONResponse(status_code=500, content={"status": "failed", "error": service.load_error})
+            return JSONResponse(
+                status_code=500, content={"status": "failed", "error": service.load_error}
+            )
         return JSONResponse(content={"status": "ok"})
 
     @app.get("/readyz", summary="The model is loaded and warmed up")

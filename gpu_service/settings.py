@@ -82,6 +82,9 @@ class Settings(BaseSettings):
     heartbeat_interval_seconds: float = Field(
         default=20.0, gt=0, description="SendTaskHeartbeat and visibility extension period."
     )
+    liveness_file: str | None = Field(
+        default=None, description="A file the worker touches after each poll (liveness probe)."
+    )
 
 
 @lru_cache(maxsize=1)

@@ -31,6 +31,7 @@ import signal
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -121,12 +122,15 @@ class Worker:
     # --- Loop ---------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
         logger.info("worker polling %s", self.queue_url)
+        liveness = Path(self.settings.liveness_file) if self.settings.liveness_file else None
         while not stop.is_set():
             try:
                 self.poll_once(stop)
             except ClientError:
                 logger.exception("queue poll failed; retrying")
                 stop.wait(self.settings.heartbeat_interval_seconds / 4)
+            if liveness is not None:
+                liveness.touch()
         logger.info("worker stopped")
 
     def poll_once(self, stop: threading.Event | None = None) -> int:
@@ -247,7 +251,9 @@ class Worker:
         )
         heartbeat.start()
         try:
-            for batch in plan_batches(items, lambda item: item.spec.batch_key, self.settings.max_batch):
+            for batch in plan_batches(
+                items, lambda item: item.spec.batch_key, self.settings.max_batch
+            ):
                 self._run_batch(batch)
                 for job in {id(item.job): item.job for item in batch}.values():
                     if self._finished(job):
@@ -317,7 +323,10 @@ class Worker:
             reported = self._fail(job.token, *job.failure)
         else:
             result = GenerationResult(
-                images=[job.outcomes[slot.index] for slot in sorted(job.job.images, key=lambda s: s.index)]
+                images=[
+                    job.outcomes[slot.index]
+                    for slot in sorted(job.job.images, key=lambda s: s.index)
+                ]
             )
             reported = self._succeed(job.token, result)
         if reported:

@@ -268,7 +268,8 @@ def _handler_class(gateway: LocalApiGateway, log: Callable[[str], None]) -> type
             if self.command != "HEAD":
                 self.wfile.write(response.body)
             log(
-                f"{self.command} {self.path} -> {response.status} ({time.monotonic() - started:.2f} s)"
+                f"{self.command} {self.path} -> {response.status} "
+                f"({time.monotonic() - started:.2f} s)"
             )
 
         do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _serve

@@ -143,7 +143,7 @@ class LocalCode:
 def load_sam_template(template_path: Path) -> dict[str, Any]:
     from samtranslator.yaml_helper import yaml_parse
 
-    return yaml_parse(template_path.read_text())  # type: ignore[no-any-return]
+    return yaml_parse(template_path.read_text())
 
 
 def translate_template(
@@ -311,8 +311,8 @@ def _with_runtime(stack: DeployedStack, runtime: LambdaRuntime) -> DeployedStack
 def _client(service: str, *, region: str, endpoint_url: str | None) -> Any:
     session = boto3.session.Session(region_name=region)
     if endpoint_url:
-        return session.client(service, endpoint_url=endpoint_url)  # type: ignore[call-overload]
-    return session.client(service)  # type: ignore[call-overload]
+        return session.client(service, endpoint_url=endpoint_url)
+    return session.client(service)
 
 
 def _create_bucket(s3: Any, name: str, region: str) -> None:
@@ -387,6 +387,7 @@ def describe_stack(
     def of_type(kind: str) -> dict[str, str]:
         return {lid: pid for lid, (rtype, pid) in resources.items() if rtype == kind}
 
+    layer_dirs = tuple(sorted(set(local_code.layers.values())))
     functions: dict[str, DeployedFunction] = {}
     for logical_id, name in of_type("AWS::Lambda::Function").items():
         if logical_id not in local_code.functions:
@@ -408,8 +409,8 @@ def describe_stack(
             timeout_s=int(configuration.get("Timeout", 3)),
             memory_mb=int(configuration.get("MemorySize", 128)),
             region=region,
+            layer_dirs=layer_dirs,
         )
-    layer_dirs = tuple(sorted(set(local_code.layers.values())))
     routes, stages = _api_routes(cfn)
     return DeployedStack(
         stack_name=stack_name,

@@ -191,7 +191,7 @@ class LambdaRuntime:
             raise HandlerLoadError(
                 f"{spec.logical_id}: {spec.module_path} has no function {spec.handler_attribute!r}"
             )
-        return handler  # type: ignore[no-any-return]
+        return handler
 
     def _import(self, spec: FunctionSpec) -> ModuleType:
         path = spec.module_path

@@ -8,6 +8,7 @@ import os
 import socket
 import urllib.request
 from dataclasses import dataclass
+from typing import Any
 
 from imagegen.local import moto_workarounds
 
@@ -49,13 +50,18 @@ class MotoServer:
     host: str
     port: int
     _server: object
+    _previous_config: dict[str, Any]
 
     @property
     def endpoint_url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
     def stop(self) -> None:
+        from moto.core.config import default_user_config
+
         self._server.stop()  # type: ignore[attr-defined]
+        # The config is process-wide: give later in-process mocks moto's defaults back.
+        default_user_config.update(self._previous_config)  # type: ignore[typeddict-item]
 
 
 def start_moto_server(port: int, host: str = "127.0.0.1") -> MotoServer:
@@ -64,6 +70,7 @@ def start_moto_server(port: int, host: str = "127.0.0.1") -> MotoServer:
     Sets ``MOTO_PORT``: moto's Step Functions interpreter calls Lambda (and the other services
     of its tasks) at ``localhost:$MOTO_PORT``.
     """
+    from moto.core.config import default_user_config
     from moto.server import ThreadedMotoServer
 
     ensure_port_free(host, port, "the moto server")
@@ -71,7 +78,8 @@ def start_moto_server(port: int, host: str = "127.0.0.1") -> MotoServer:
     os.environ["MOTO_PORT"] = str(port)
     server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
     server.start()
-    handle = MotoServer(host, port, server)
+    previous = {key: default_user_config.get(key) for key in moto_workarounds.MOTO_CONFIG}
+    handle = MotoServer(host, port, server, previous)
     request = urllib.request.Request(  # noqa: S310 (a fixed http URL on loopback)
         f"{handle.endpoint_url}/moto-api/config",
         data=json.dumps(moto_workarounds.MOTO_CONFIG).encode(),

@@ -21,7 +21,7 @@ from typing import Any
 
 logger = logging.getLogger(__name__)
 
-MOTO_CONFIG: dict[str, Any] = {
+MOTO_CONFIG: Any = {
     "stepfunctions": {"execute_state_machine": True},
     "lambda": {"use_docker": False},
 }
@@ -220,7 +220,7 @@ def _patch_state_machine_creation() -> None:
             from moto.stepfunctions.parser.models import stepfunctions_parser_backends
 
             backend = stepfunctions_parser_backends[account_id][region_name]
-        return backend.create_state_machine(  # type: ignore[no-any-return]
+        return backend.create_state_machine(
             properties.get("StateMachineName", resource_name),
             definition,
             properties.get("RoleArn", ""),
@@ -282,7 +282,7 @@ def _patch_rest_api_creation() -> None:
                 )
             except Exception as error:  # moto implements a subset of OpenAPI: keep the API
                 logger.warning("moto could not import the body of %s: %s", resource_name, error)
-        return api  # type: ignore[no-any-return]
+        return api
 
     RestAPI.create_from_cloudformation_json = classmethod(  # type: ignore[method-assign,assignment]
         create_from_cloudformation_json
@@ -347,7 +347,7 @@ def _patch_rule_lambda_targets() -> None:
             event = dict(original_event)
             if "time" in event and not isinstance(event["time"], str):
                 event["time"] = iso_8601_datetime_without_milliseconds(
-                    utcfromtimestamp(float(event["time"]))
+                    utcfromtimestamp(float(event["time"]))  # type: ignore[arg-type]
                 )
             payload = target["Input"] if "Input" in target else json.dumps(event)
             arn = parse_arn(target["Arn"])

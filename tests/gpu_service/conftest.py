@@ -1,4 +1,4 @@
-"""Fixtures of the GPU service suite: the tiny random-weight model (images are noise), built once."""
+"""Fixtures of the GPU service suite: the tiny random-weight model (its images are noise)."""
 
 from __future__ import annotations
 
@@ -8,12 +8,9 @@ from typing import Any
 
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("diffusers")
-
-from gpu_service.engine import Engine  # noqa: E402
-from gpu_service.settings import Settings  # noqa: E402
-from gpu_service.tiny_model import ensure_tiny_model  # noqa: E402
+from gpu_service.engine import Engine
+from gpu_service.settings import Settings
+from gpu_service.tiny_model import ensure_tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -50,4 +47,6 @@ def make_settings(tiny_model_dir: Path) -> Callable[..., Settings]:
 @pytest.fixture(scope="session")
 def engine(tiny_model_dir: Path) -> Iterator[Engine]:
     """One loaded tiny engine shared by the suite (loading is from_pretrained, as in production)."""
-    yield Engine.load(_settings(tiny_model_dir))
+    engine = Engine.load(_settings(tiny_model_dir))
+    yield engine
+    engine.close()

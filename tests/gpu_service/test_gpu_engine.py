@@ -16,7 +16,6 @@ from gpu_service.settings import Settings
 from gpu_service.tiny_model import ensure_tiny_model
 
 
-
 def _decode(png: bytes) -> Image.Image:
     assert png.startswith(b"\x89PNG\r\n\x1a\n")
     image = Image.open(io.BytesIO(png))

@@ -85,9 +85,10 @@ def test_generate_returns_a_png_of_the_requested_size(ready_client: TestClient) 
 
 def test_same_seed_over_http_gives_the_same_bytes(ready_client: TestClient) -> None:
     body = {"prompt": "a red fox", "seed": 11, "steps": 2}
-    assert ready_client.post("/generate", json=body).content == ready_client.post(
-        "/generate", json=body
-    ).content
+    assert (
+        ready_client.post("/generate", json=body).content
+        == ready_client.post("/generate", json=body).content
+    )
 
 
 @pytest.mark.parametrize(

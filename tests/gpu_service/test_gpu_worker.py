@@ -122,7 +122,8 @@ class Spy:
 
 def _sent_cause(sfn: Spy) -> str:
     [failure] = [
-        kwargs for name, kwargs in zip(sfn.calls, sfn.arguments, strict=True)
+        kwargs
+        for name, kwargs in zip(sfn.calls, sfn.arguments, strict=True)
         if name == "send_task_failure"
     ]
     assert failure["error"] == "INVALID_JOB"
@@ -188,7 +189,9 @@ def _png_size(aws: Aws, key: str) -> tuple[int, int]:
     return Image.open(io.BytesIO(body)).size
 
 
-def test_execution_completes_with_the_s3_locations(aws: Aws, worker_for: Callable[..., Worker]) -> None:
+def test_execution_completes_with_the_s3_locations(
+    aws: Aws, worker_for: Callable[..., Worker]
+) -> None:
     job = _job(images=2, width=96, height=64)
     execution = aws.start(job)
     aws.wait_for_message()
@@ -198,9 +201,9 @@ def test_execution_completes_with_the_s3_locations(aws: Aws, worker_for: Callabl
     described = aws.finished(execution)
     assert described["status"] == "SUCCEEDED"
     generation = GenerationResult.model_validate(json.loads(described["output"])["generation"])
-    assert [(o.index, o.seed, o.bucket, o.s3_key, o.width, o.height) for o in generation.images] == [
-        (slot.index, slot.seed, BUCKET, slot.s3_key, 96, 64) for slot in job.images
-    ]
+    assert [
+        (o.index, o.seed, o.bucket, o.s3_key, o.width, o.height) for o in generation.images
+    ] == [(slot.index, slot.seed, BUCKET, slot.s3_key, 96, 64) for slot in job.images]
     for slot in job.images:
         assert _png_size(aws, slot.s3_key) == (96, 64)
     assert aws.queue_counts() == (0, 0)  # deleted once reported
@@ -346,14 +349,14 @@ def test_a_long_batch_heartbeats_and_keeps_its_message_hidden(
         gpu_queue_url=aws.queue_url,
         images_bucket=BUCKET,
         receive_wait_seconds=1,
-        visibility_timeout_seconds=1,
+        visibility_timeout_seconds=2,
         heartbeat_interval_seconds=0.3,
     )
-    worker = Worker(settings, SlowEngine(engine, 2.5), sqs=sqs, s3=aws.s3, stepfunctions=sfn)
+    worker = Worker(settings, SlowEngine(engine, 3.5), sqs=sqs, s3=aws.s3, stepfunctions=sfn)
     stolen: list[Any] = []
 
     def rival() -> None:  # a second consumer polling while the slow batch runs
-        deadline = time.monotonic() + 2.0
+        deadline = time.monotonic() + 3.0
         while time.monotonic() < deadline:
             stolen.extend(
                 aws.sqs.receive_message(QueueUrl=aws.queue_url, WaitTimeSeconds=0).get(
@@ -362,15 +365,15 @@ def test_a_long_batch_heartbeats_and_keeps_its_message_hidden(
             )
             time.sleep(0.1)
 
-    started = threading.Thread(target=rival)
+    rival_thread = threading.Thread(target=rival)
     worker_thread = threading.Thread(target=worker.poll_once)
     worker_thread.start()
     time.sleep(0.3)
-    started.start()
+    rival_thread.start()
     worker_thread.join(timeout=30)
-    started.join(timeout=30)
+    rival_thread.join(timeout=30)
 
-    assert stolen == []  # the visibility was extended past its 1 s
+    assert stolen == []  # the visibility was extended past its 2 s
     assert aws.finished(execution)["status"] == "SUCCEEDED"
     assert sfn.calls.count("send_task_heartbeat") >= 3  # one on accept, then periodic
     assert sqs.calls.count("change_message_visibility") >= 3

@@ -26,7 +26,6 @@ from imagegen.local.deploy import DeployedStack, deploy_stack
 from imagegen.local.fake_bedrock import FakeBedrock
 from imagegen.local.moto_workarounds import MOTO_CONFIG
 from imagegen_common.models import GenerationResult, GpuJobMessage, ImageOutcome
-from imagegen_common.png import png_size
 from tests.conftest import REPO_ROOT, load_event
 
 pytestmark = pytest.mark.workflow
@@ -44,6 +43,18 @@ def tiny_png(width: int, height: int) -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (width, height), (40, 90, 160)).save(buffer, format="PNG")
     return buffer.getvalue()
+
+
+def decoded_size(png: bytes) -> tuple[int, int]:
+    """Decode the whole PNG (not just its header) and return its size."""
+    import io
+
+    from PIL import Image
+
+    with Image.open(io.BytesIO(png)) as image:
+        assert image.format == "PNG"
+        image.load()
+        return image.size
 
 
 @dataclass
@@ -222,9 +233,9 @@ def test_bedrock_branch_succeeds_with_each_stability_model(
     [image] = detail["images"]
     assert detail["model_id"] == model_id
     png = workflow.png(image["s3_uri"].split("/", 3)[3])
-    assert png_size(png) == (image["width"], image["height"])
+    assert decoded_size(png) == (image["width"], image["height"])
     if expected_png:
-        assert png_size(png) == expected_png
+        assert decoded_size(png) == expected_png
     assert [call.model_id for call in workflow.bedrock.calls] == [model_id]
     status_code, status = workflow.status(execution_id)
     assert status_code == 200 and status["status"] == "SUCCEEDED"
@@ -258,7 +269,7 @@ def test_gpu_branch_is_completed_by_the_worker_with_the_task_token(workflow: Wor
     assert detail["backend"] == "gpu"
     assert len(detail["images"]) == 2
     for image in detail["images"]:
-        assert png_size(workflow.png(image["s3_uri"].split("/", 3)[3])) == GPU_PNG_SIZE
+        assert decoded_size(workflow.png(image["s3_uri"].split("/", 3)[3])) == GPU_PNG_SIZE
     assert workflow.bedrock.calls == []
 
 
@@ -322,7 +333,7 @@ def test_unavailable_model_falls_back_to_the_gpu_queue(
     [event] = workflow.result_events()
     detail = assert_event(event, "Image Generated", execution_id)
     assert detail["backend"] == "gpu"
-    assert png_size(workflow.png(detail["images"][0]["s3_uri"].split("/", 3)[3])) == GPU_PNG_SIZE
+    assert decoded_size(workflow.png(detail["images"][0]["s3_uri"].split("/", 3)[3])) == GPU_PNG_SIZE
 
 
 def test_unavailable_model_without_fallback_fails_with_its_code(workflow: Workflow) -> None:

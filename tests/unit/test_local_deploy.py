@@ -374,7 +374,10 @@ def test_two_functions_named_app_are_separate_modules(tmp_path: Path) -> None:
 
 
 def test_dispatch_reports_a_handler_error_as_lambda_does(tmp_path: Path) -> None:
-    source = "class ModelThrottledError(Exception):\n    pass\n\n\ndef lambda_handler(event, context):\n    raise ModelThrottledError('slow down')\n"
+    source = (
+        "class ModelThrottledError(Exception):\n    pass\n\n\n"
+        "def lambda_handler(event, context):\n    raise ModelThrottledError('slow down')\n"
+    )
     payload, function_error = LambdaRuntime().dispatch(make_spec(tmp_path, source), b"{}")
 
     assert function_error == "Unhandled"
@@ -384,7 +387,10 @@ def test_dispatch_reports_a_handler_error_as_lambda_does(tmp_path: Path) -> None
 
 
 def test_dispatch_reports_a_failed_cold_start(tmp_path: Path) -> None:
-    source = "import os\nVALUE = os.environ['MISSING_SETTING']\n\n\ndef lambda_handler(event, context):\n    return 1\n"
+    source = (
+        "import os\nVALUE = os.environ['MISSING_SETTING']\n\n\n"
+        "def lambda_handler(event, context):\n    return 1\n"
+    )
     payload, function_error = LambdaRuntime().dispatch(make_spec(tmp_path, source), b"{}")
 
     assert function_error == "Unhandled"

@@ -1,0 +1,159 @@
+"""The local API Gateway stand-in: routes, proxy events, responses, and the real ApiFunction."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from aws_lambda_powertools.utilities.parser.models import APIGatewayProxyEventModel
+from moto import mock_aws
+
+from imagegen.local.api_gateway import (
+    LocalApiGateway,
+    build_proxy_event,
+    match_route,
+    proxy_response,
+)
+from imagegen.local.deploy import ApiRoute, DeployedStack, deploy_stack
+from imagegen.local.lambda_runtime import LambdaRuntime
+from imagegen.local.moto_workarounds import MOTO_CONFIG
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+EVENTS = REPO_ROOT / "events"
+
+ROUTES = [
+    ApiRoute("Api", "POST", "/generate", "ApiFunction"),
+    ApiRoute("Api", "GET", "/generate/{execution_id}", "ApiFunction"),
+    ApiRoute("Api", "DELETE", "/generate/{execution_id}", "ApiFunction"),
+    ApiRoute("Api", "GET", "/generate/latest", "OtherFunction"),
+    ApiRoute("Api", "ANY", "/files/{proxy+}", "FilesFunction"),
+]
+
+
+def test_routes_match_methods_parameters_and_literals_first() -> None:
+    found = match_route(ROUTES, "GET", "/generate/abc%20d")
+    assert found is not None
+    assert found.route.resource == "/generate/{execution_id}"
+    assert found.path_parameters == {"execution_id": "abc d"}
+
+    literal = match_route(ROUTES, "GET", "/generate/latest")
+    assert literal is not None and literal.route.function_logical_id == "OtherFunction"
+
+    greedy = match_route(ROUTES, "PUT", "/files/a/b.png")
+    assert greedy is not None and greedy.path_parameters == {"proxy": "a/b.png"}
+
+    assert match_route(ROUTES, "PUT", "/generate") is None
+    assert match_route(ROUTES, "GET", "/nothing") is None
+
+
+def make_event(**overrides: Any) -> dict[str, Any]:
+    match = match_route(ROUTES, "GET", "/generate/exec-1")
+    assert match is not None
+    arguments: dict[str, Any] = {
+        "method": "GET",
+        "path": "/generate/exec-1",
+        "query": "verbose=1&tag=a&tag=b",
+        "headers": [("Host", "127.0.0.1:3000"), ("x-api-key", "secret"), ("User-Agent", "t")],
+        "body": b"",
+        "match": match,
+        "stage": "v1",
+        "api_id": "abc123",
+    }
+    arguments.update(overrides)
+    return build_proxy_event(**arguments)
+
+
+def test_proxy_event_has_the_shape_api_gateway_sends() -> None:
+    event = make_event()
+    sample = json.loads((EVENTS / "api_get_generate.json").read_text())
+
+    assert set(event) == set(sample)
+    assert set(event["requestContext"]) >= set(sample["requestContext"])
+    assert set(event["requestContext"]["identity"]) >= set(sample["requestContext"]["identity"])
+    APIGatewayProxyEventModel.model_validate(event)
+    assert event["resource"] == "/generate/{execution_id}"
+    assert event["pathParameters"] == {"execution_id": "exec-1"}
+    assert event["queryStringParameters"] == {"verbose": "1", "tag": "b"}
+    assert event["multiValueQueryStringParameters"]["tag"] == ["a", "b"]
+    context = event["requestContext"]
+    assert context["stage"] == "v1"
+    assert context["path"] == "/v1/generate/exec-1"
+    assert context["resourcePath"] == "/generate/{execution_id}"
+    assert context["identity"]["apiKey"] == "secret"
+    assert context["identity"]["apiKeyId"] and context["identity"]["apiKeyId"] != "secret"
+    assert event["headers"]["X-Forwarded-Proto"] == "http"
+
+
+def test_same_api_key_gives_the_same_key_id_and_none_without_a_key() -> None:
+    first = make_event()["requestContext"]["identity"]["apiKeyId"]
+    assert make_event()["requestContext"]["identity"]["apiKeyId"] == first
+    no_key = make_event(headers=[("Host", "127.0.0.1:3000")])
+    assert no_key["requestContext"]["identity"]["apiKeyId"] is None
+
+
+def test_binary_bodies_are_base64_encoded() -> None:
+    event = make_event(method="POST", body=b"\x89PNG", headers=[("Content-Type", "image/png")])
+    assert event["isBase64Encoded"] is True
+    assert base64.b64decode(event["body"]) == b"\x89PNG"
+
+
+def test_proxy_responses_and_malformed_ones() -> None:
+    response = proxy_response(
+        {
+            "statusCode": 202,
+            "headers": {"Content-Type": "application/json"},
+            "multiValueHeaders": {"Set-Cookie": ["a=1", "b=2"]},
+            "body": '{"ok": true}',
+        }
+    )
+    assert response.status == 202
+    assert ("Set-Cookie", "b=2") in response.headers
+    assert json.loads(response.body) == {"ok": True}
+
+    binary = proxy_response({"statusCode": 200, "body": "iVBORw==", "isBase64Encoded": True})
+    assert binary.body == base64.b64decode("iVBORw==")
+
+    broken = proxy_response({"body": "no status"})
+    assert broken.status == 502
+    assert json.loads(broken.body) == {"message": "Internal server error"}
+
+
+# --- The real template's ApiFunction behind the local gateway ----------------------------------
+
+
+@pytest.fixture
+def real_stack() -> Iterator[DeployedStack]:
+    with mock_aws(config=MOTO_CONFIG):
+        yield deploy_stack(REPO_ROOT / "template.yaml")
+
+
+def call(gateway: LocalApiGateway, method: str, target: str, body: Any = None) -> tuple[int, Any]:
+    raw = json.dumps(body).encode() if body is not None else b""
+    headers = [("Host", "127.0.0.1:3000"), ("Content-Type", "application/json"), ("x-api-key", "k")]
+    response = gateway.handle(method, target, headers, raw, "127.0.0.1")
+    return response.status, json.loads(response.body)
+
+
+def test_real_api_function_through_the_gateway(real_stack: DeployedStack) -> None:
+    gateway = LocalApiGateway(real_stack, real_stack.runtime or LambdaRuntime())
+
+    status, accepted = call(gateway, "POST", "/generate", {"prompt": "a fox", "backend": "gpu"})
+    assert status == 202, accepted
+    assert accepted["status_url"] == f"http://127.0.0.1:3000/generate/{accepted['execution_id']}"
+
+    status, job = call(gateway, "GET", f"/generate/{accepted['execution_id']}")
+    assert status == 200, job
+    assert job["status"] == "RUNNING"
+
+    status, invalid = call(
+        gateway, "POST", "/generate", {"prompt": "x", "width": 100, "height": 100}
+    )
+    assert status == 422
+    assert {field["field"] for field in invalid["error"]["fields"]} == {"width", "height"}
+
+    status, missing = call(gateway, "GET", "/nothing/here")
+    assert (status, missing) == (403, {"message": "Missing Authentication Token"})
