@@ -34,6 +34,7 @@ from prometheus_client import (
 from pydantic import BaseModel, ConfigDict, Field
 
 from gpu_service.batching import BatchRecord, MicroBatcher, QueueFullError
+from gpu_service.cli import settings_from_command_line
 from gpu_service.engine import Engine, ImageSpec
 from gpu_service.settings import Settings, get_settings
 from imagegen_common.models import MAX_SEED, Dimension, NegativePrompt, Prompt, Seed
@@ -253,24 +254,9 @@ def create_app(
 
 
 def main(argv: list[str] | None = None) -> None:
-    import argparse
-
     import uvicorn
 
-    parser = argparse.ArgumentParser(description="Serve POST /generate (see the README).")
-    parser.add_argument(
-        "--tiny-model",
-        action="store_true",
-        help="build (if missing) and use the tiny random-weight model: images are noise",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    settings = get_settings()
-    if args.tiny_model:
-        from gpu_service.tiny_model import ensure_tiny_model
-
-        settings = settings.model_copy(update={"model_id": str(ensure_tiny_model())})
-        logger.warning("using the tiny random-weight model: every image is noise")
+    settings = settings_from_command_line("Serve POST /generate (see the README).", argv)
     # One process per GPU: the engine serialises pipeline calls, batching gives the concurrency.
     uvicorn.run(create_app(settings), host=settings.host, port=settings.port, workers=1)
 

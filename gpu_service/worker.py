@@ -24,7 +24,6 @@ it, if any, fails on its heartbeat timeout).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import signal
@@ -39,8 +38,9 @@ from botocore.config import Config
 from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
+from gpu_service.cli import settings_from_command_line
 from gpu_service.engine import Engine, ImageSpec, plan_batches
-from gpu_service.settings import Settings, get_settings
+from gpu_service.settings import Settings
 from imagegen_common.models import (
     ErrorCode,
     GenerationResult,
@@ -405,20 +405,7 @@ def run_worker(settings: Settings, stop: threading.Event, engine: Engine | None 
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Consume the GPU job queue (see the README).")
-    parser.add_argument(
-        "--tiny-model",
-        action="store_true",
-        help="build (if missing) and use the tiny random-weight model: images are noise",
-    )
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
-    settings = get_settings()
-    if args.tiny_model:
-        from gpu_service.tiny_model import ensure_tiny_model
-
-        settings = settings.model_copy(update={"model_id": str(ensure_tiny_model())})
-        logger.warning("using the tiny random-weight model: every image is noise")
+    settings = settings_from_command_line("Consume the GPU job queue (see the README).", argv)
     if not settings.gpu_queue_url:
         raise SystemExit("GPU_QUEUE_URL must be set")
     stop = threading.Event()

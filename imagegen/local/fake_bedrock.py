@@ -32,6 +32,8 @@ from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import unquote
 
+from imagegen_common.bedrock.stability import OUTPUT_SIZES
+
 FailureKind = Literal[
     "throttle", "filter_prompt", "filter_output", "inference_error", "unavailable", "timeout"
 ]
@@ -44,17 +46,8 @@ FAILURE_KINDS: tuple[str, ...] = (
     "timeout",
 )
 
-STABILITY_SIZES: dict[str, tuple[int, int]] = {
-    "1:1": (1024, 1024),
-    "16:9": (1344, 768),
-    "21:9": (1536, 640),
-    "3:2": (1216, 832),
-    "2:3": (832, 1216),
-    "5:4": (1088, 896),
-    "4:5": (896, 1088),
-    "9:16": (768, 1344),
-    "9:21": (640, 1536),
-}
+# What the real models return per aspect ratio: the stand-in answers like Bedrock does.
+STABILITY_SIZES = OUTPUT_SIZES
 STABILITY_MODELS = {
     "stability.stable-image-core-v1:1": "Stable Image Core 1.1",
     "stability.stable-image-ultra-v1:1": "Stable Image Ultra 1.1",
