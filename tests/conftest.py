@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import socket
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -59,6 +60,20 @@ def _fake_aws_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         "HF_HUB_OFFLINE": "1",
     }.items():
         monkeypatch.setenv(name, value)
+
+
+@pytest.fixture(autouse=True)
+def _restore_moto_config() -> Iterator[None]:
+    """moto's config is process-wide; a test that changes it (a server's /moto-api/config, the
+    local stack's execute mode) must not change how the next test's mock behaves."""
+    import copy
+
+    from moto.core.config import default_user_config
+
+    saved = copy.deepcopy(default_user_config)
+    yield
+    default_user_config.clear()
+    default_user_config.update(saved)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 
 from imagegen_common.subscriber import ResultEvent, summarise_result_event
 
+
 class ResultEventEnvelope(EventBridgeModel):
     """EventBridge's envelope; ``detail`` is parsed by its detail-type below."""
 

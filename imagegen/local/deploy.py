@@ -411,7 +411,10 @@ def describe_stack(
             region=region,
             layer_dirs=layer_dirs,
         )
-    routes, stages = _api_routes(cfn)
+    parameter_values = {
+        p["ParameterKey"]: str(p.get("ParameterValue", "")) for p in stack.get("Parameters", [])
+    }
+    routes, stages = _api_routes(cfn, parameter_values)
     return DeployedStack(
         stack_name=stack_name,
         region=region,
@@ -428,7 +431,9 @@ def describe_stack(
     )
 
 
-def _api_routes(cfn: dict[str, Any]) -> tuple[list[ApiRoute], dict[str, str]]:
+def _api_routes(
+    cfn: dict[str, Any], parameter_values: Mapping[str, str]
+) -> tuple[list[ApiRoute], dict[str, str]]:
     """The REST APIs' methods with an ``aws_proxy`` integration to one of the stack's functions."""
     resources: dict[str, Any] = cfn.get("Resources") or {}
     routes: list[ApiRoute] = []
@@ -451,7 +456,10 @@ def _api_routes(cfn: dict[str, Any]) -> tuple[list[ApiRoute], dict[str, str]]:
             properties = resource.get("Properties") or {}
             api_ref = properties.get("RestApiId")
             if isinstance(api_ref, dict) and "Ref" in api_ref:
-                stages[api_ref["Ref"]] = str(properties.get("StageName", "Prod"))
+                stage = properties.get("StageName", "Prod")
+                if isinstance(stage, dict) and stage.get("Ref") in parameter_values:
+                    stage = parameter_values[stage["Ref"]]
+                stages[api_ref["Ref"]] = stage if isinstance(stage, str) else "Prod"
     return routes, stages
 
 

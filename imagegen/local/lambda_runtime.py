@@ -2,8 +2,9 @@
 
 A function is loaded from its folder (``CodeUri``) under a module name of its own, with its
 environment from the template applied while the module is imported (settings are parsed at
-import time) and while the handler runs. ``os.environ`` is one per process, so invocations are
-serialised with one lock and the previous environment is put back afterwards.
+import time) and while the handler runs. ``os.environ`` is one per process, so the function's
+variables are an overlay seen only by the invoking thread (``function_environment``): functions
+may run concurrently (a Map state's iterations) and other threads never see their variables.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import threading
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
@@ -37,7 +38,8 @@ _LOCAL_DEFAULTS = {
     "POWERTOOLS_TRACE_DISABLED": "true",
 }
 
-_ENVIRONMENT_LOCK = threading.RLock()
+_IMPORT_LOCK = threading.RLock()
+"""Held while a handler module is imported: imports swap entries of ``sys.modules``."""
 
 
 @dataclass(frozen=True)
@@ -103,20 +105,103 @@ def _split_handler(handler: str) -> tuple[str, str]:
     return module.replace("/", "."), attribute
 
 
+class _ThreadEnvironment(MutableMapping[str, str]):
+    """``os.environ`` with a per-thread overlay: a function's variables, seen by its thread only.
+
+    On Lambda each function has a process, hence an environment, of its own. Here the functions
+    share one process with the moto server, the GPU worker and tests: the overlay gives the
+    invoking thread (and only it) the function's environment while the handler is imported and
+    runs, without changing what any other thread reads. Threads without an overlay read and
+    write the process environment as usual. Child processes get the process environment.
+    """
+
+    def __init__(self, process_environment: MutableMapping[str, str]) -> None:
+        self.process_environment = process_environment
+        self._local = threading.local()
+
+    def _overlay(self) -> dict[str, str | None] | None:
+        stack: list[dict[str, str | None]] = getattr(self._local, "stack", [])
+        return stack[-1] if stack else None
+
+    def push_overlay(self, variables: Mapping[str, str]) -> None:
+        stack = self._local.__dict__.setdefault("stack", [])
+        stack.append(dict(variables))
+
+    def pop_overlay(self) -> None:
+        self._local.stack.pop()
+
+    def __getitem__(self, name: str) -> str:
+        overlay = self._overlay()
+        if overlay is not None and name in overlay:
+            value = overlay[name]
+            if value is None:
+                raise KeyError(name)
+            return value
+        return self.process_environment[name]
+
+    def __setitem__(self, name: str, value: str) -> None:
+        overlay = self._overlay()
+        if overlay is None:
+            self.process_environment[name] = value
+        else:
+            overlay[name] = value  # a handler changing its own environment
+
+    def __delitem__(self, name: str) -> None:
+        overlay = self._overlay()
+        if overlay is None:
+            del self.process_environment[name]
+        elif name not in self:
+            raise KeyError(name)
+        else:
+            overlay[name] = None
+
+    def _names(self) -> list[str]:
+        overlay = self._overlay() or {}
+        names = [n for n in self.process_environment if overlay.get(n, "") is not None]
+        return names + [n for n, v in overlay.items() if v is not None and n not in names]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def __contains__(self, name: object) -> bool:
+        overlay = self._overlay()
+        if overlay is not None and name in overlay:
+            return overlay[name] is not None  # type: ignore[index,unused-ignore]
+        return name in self.process_environment
+
+    def copy(self) -> dict[str, str]:
+        return dict(self)
+
+    def __repr__(self) -> str:
+        return f"environ({dict(self)!r})"
+
+
+def _thread_environment() -> _ThreadEnvironment:
+    with _IMPORT_LOCK:
+        current: MutableMapping[str, str] = os.environ
+        if not isinstance(current, _ThreadEnvironment):
+            current = _ThreadEnvironment(current)
+            # Replaces the mapping, keeping the process environment it wraps (and writes to).
+            os.environ = current  # type: ignore[assignment]  # noqa: B003
+        return current
+
+
 @contextlib.contextmanager
 def function_environment(variables: Mapping[str, str]) -> Iterator[None]:
-    """``variables`` set in ``os.environ`` for the block, under the process-wide lock."""
-    with _ENVIRONMENT_LOCK:
-        saved = {name: os.environ.get(name) for name in variables}
-        os.environ.update(variables)
-        try:
-            yield
-        finally:
-            for name, value in saved.items():
-                if value is None:
-                    os.environ.pop(name, None)
-                else:
-                    os.environ[name] = value
+    """This thread sees the process environment plus ``variables`` during the block.
+
+    Other threads are not affected. Nested blocks (a handler invoking another function in the
+    same thread) see their own function's variables, not the caller's.
+    """
+    environment = _thread_environment()
+    environment.push_overlay(variables)
+    try:
+        yield
+    finally:
+        environment.pop_overlay()
 
 
 @contextlib.contextmanager
@@ -181,7 +266,7 @@ class LambdaRuntime:
         """The handler function, importing its module (a cold start) on first use."""
         variables = self.environment_for(spec)
         key = (spec.logical_id, spec.module_path.resolve(), tuple(sorted(variables.items())))
-        with function_environment(variables):
+        with _IMPORT_LOCK, function_environment(variables):
             module = self._modules.get(key)
             if module is None:
                 module = self._import(spec)
@@ -193,7 +278,7 @@ class LambdaRuntime:
             )
         return handler
 
-    def _import(self, spec: FunctionSpec) -> ModuleType:
+    def _import(self, spec: FunctionSpec) -> ModuleType:  # under _IMPORT_LOCK
         path = spec.module_path
         if not path.is_file():
             raise HandlerLoadError(f"{spec.logical_id}: handler module {path} does not exist")

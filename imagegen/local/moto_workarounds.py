@@ -5,6 +5,22 @@ our production code: the template is adjusted on its way into moto's CloudFormat
 moto classes are patched in this process (the in-process mock and a ``ThreadedMotoServer`` alike).
 ``install()`` applies the patches; it is idempotent and leaves moto's behaviour unchanged for
 anything the local stack did not register.
+
+Gaps filled (details at each block):
+- template: ``Ref`` of an EventBus; RestApi without ``Name``; Outputs reading unmodelled types;
+  list-typed parameter defaults not split; EventBus without a physical id;
+- code: Lambda code zips must exist in S3 (a placeholder is uploaded);
+- Step Functions: machines created by CloudFormation land in the backend execute mode does not
+  read, and DefinitionSubstitutions are ignored; GetExecutionHistory ignores reverseOrder and
+  maxResults;
+- API Gateway: a RestApi's ``Body`` is ignored (and only OpenAPI 3 can be imported);
+- Lambda: without Docker nothing runs (our handlers are dispatched in-process, errors reported
+  with ``x-amz-function-error``);
+- EventBridge: a rule with a Lambda target raises instead of invoking it.
+Not worked around: ``AWS::SQS::QueuePolicy``, ``AWS::ApiGateway::Stage``/``ApiKey``/``UsagePlan``,
+``AWS::S3::BucketPolicy`` and the schema registry are skipped by moto (logged); moto does not
+invoke ``aws_proxy`` integrations (``api_gateway`` serves the routes instead); ``StopExecution``
+applies only when the current state ends (see the offline-toolchain notes).
 """
 
 from __future__ import annotations

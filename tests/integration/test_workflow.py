@@ -333,7 +333,9 @@ def test_unavailable_model_falls_back_to_the_gpu_queue(
     [event] = workflow.result_events()
     detail = assert_event(event, "Image Generated", execution_id)
     assert detail["backend"] == "gpu"
-    assert decoded_size(workflow.png(detail["images"][0]["s3_uri"].split("/", 3)[3])) == GPU_PNG_SIZE
+    assert (
+        decoded_size(workflow.png(detail["images"][0]["s3_uri"].split("/", 3)[3])) == GPU_PNG_SIZE
+    )
 
 
 def test_unavailable_model_without_fallback_fails_with_its_code(workflow: Workflow) -> None:

@@ -397,3 +397,39 @@ def test_dispatch_reports_a_failed_cold_start(tmp_path: Path) -> None:
     body = json.loads(payload)
     assert body["errorType"] == "Runtime.ImportModuleError"
     assert "MISSING_SETTING" in body["errorMessage"]
+
+
+BLOCKING_APP = """\
+import os
+import threading
+
+STARTED = threading.Event()
+RELEASE = threading.Event()
+
+
+def lambda_handler(event, context):
+    STARTED.set()
+    RELEASE.wait(10)
+    return os.environ.get("PROBE")
+"""
+
+
+def test_a_running_functions_environment_is_seen_by_its_thread_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import threading
+
+    monkeypatch.setenv("PROBE", "process")
+    runtime = LambdaRuntime()
+    spec = make_spec(tmp_path, BLOCKING_APP, PROBE="function")
+    handler = runtime.load(spec)
+    results: list[str] = []
+    worker = threading.Thread(target=lambda: results.append(runtime.invoke(spec, {})))
+    worker.start()
+    assert handler.__globals__["STARTED"].wait(10)
+
+    assert os.environ["PROBE"] == "process"  # while the handler runs in the other thread
+    assert "AWS_LAMBDA_FUNCTION_NAME" not in os.environ
+    handler.__globals__["RELEASE"].set()
+    worker.join(10)
+    assert results == ["function"]
