@@ -28,6 +28,9 @@ class PortInUseError(RuntimeError):
 def ensure_port_free(host: str, port: int, what: str) -> None:
     """Raise `PortInUseError` if ``host:port`` cannot be bound."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        # As the servers themselves bind: a port whose last connections linger in TIME_WAIT is
+        # free to listen on; only a socket listening there now makes it taken.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host, port))
         except OSError as error:
