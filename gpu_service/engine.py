@@ -221,3 +221,19 @@ def _use_sdpa(pipeline: Any) -> None:
         set_processor = getattr(module, "set_attn_processor", None)
         if set_processor is not None and getattr(module, "attn_processors", None):
             set_processor(AttnProcessor2_0())
+
+
+def load_ready_engine(
+    settings: Settings, loader: Callable[[Settings], Engine] | None = None
+) -> Engine:
+    """Load the model with ``loader`` (``Engine.load`` by default) and, if ``settings.warmup``,
+    run one generation at the default settings, so the first real request pays no warm-up."""
+    engine = (loader or Engine.load)(settings)
+    if settings.warmup:
+        engine.warm_up(
+            settings.default_width,
+            settings.default_height,
+            settings.default_steps,
+            settings.default_guidance,
+        )
+    return engine

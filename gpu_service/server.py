@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gpu_service.batching import BatchRecord, MicroBatcher, QueueFullError
 from gpu_service.cli import settings_from_command_line
-from gpu_service.engine import Engine, ImageSpec
+from gpu_service.engine import Engine, ImageSpec, load_ready_engine
 from gpu_service.settings import Settings, get_settings
 from imagegen_common.models import MAX_SEED, Dimension, NegativePrompt, Prompt, Seed
 
@@ -117,21 +117,9 @@ class ServiceState:
     load_error: str | None = None
 
 
-def _load_and_warm(settings: Settings, loader: EngineLoader) -> Engine:
-    engine = loader(settings)
-    if settings.warmup:
-        engine.warm_up(
-            settings.default_width,
-            settings.default_height,
-            settings.default_steps,
-            settings.default_guidance,
-        )
-    return engine
-
-
 async def _start_engine(state: ServiceState, loader: EngineLoader) -> None:
     try:
-        engine = await asyncio.to_thread(_load_and_warm, state.settings, loader)
+        engine = await asyncio.to_thread(load_ready_engine, state.settings, loader)
     except Exception as error:
         logger.exception("model load failed")
         state.load_error = f"{type(error).__name__}: {error}"

@@ -39,7 +39,7 @@ from botocore.exceptions import ClientError
 from pydantic import ValidationError
 
 from gpu_service.cli import settings_from_command_line
-from gpu_service.engine import Engine, ImageSpec, plan_batches
+from gpu_service.engine import Engine, ImageSpec, load_ready_engine, plan_batches
 from gpu_service.settings import Settings
 from imagegen_common.models import (
     ErrorCode,
@@ -392,16 +392,7 @@ class Worker:
 
 def run_worker(settings: Settings, stop: threading.Event, engine: Engine | None = None) -> None:
     """Load the model (unless given), warm it up and consume the queue until ``stop`` is set."""
-    if engine is None:
-        engine = Engine.load(settings)
-        if settings.warmup:
-            engine.warm_up(
-                settings.default_width,
-                settings.default_height,
-                settings.default_steps,
-                settings.default_guidance,
-            )
-    Worker(settings, engine).run(stop)
+    Worker(settings, engine or load_ready_engine(settings)).run(stop)
 
 
 def main(argv: list[str] | None = None) -> None:

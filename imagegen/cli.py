@@ -117,8 +117,9 @@ def cmd_local(args: argparse.Namespace) -> int:
     from imagegen.local.stack import describe_event
 
     def on_event(event: dict[str, Any]) -> None:
-        for line in describe_event(event):
-            _say(line)
+        # One write per event: the functions log from other threads of this process, and an
+        # event's lines must not be split by their log lines.
+        _say("\n".join(describe_event(event)))
 
     stop = threading.Event()
 
@@ -153,8 +154,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if event is None:
             _error(f"no result event for {execution_id} within {args.timeout:.0f} s")
             return EXIT_FAILED
-        for line in describe_event(event):
-            _say(line)
+        _say("\n".join(describe_event(event)))
         _say(f"result event after {time.monotonic() - started:.2f} s")
         if event.get("detail-type") != "Image Generated":
             return EXIT_FAILED

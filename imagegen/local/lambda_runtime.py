@@ -204,35 +204,6 @@ def function_environment(variables: Mapping[str, str]) -> Iterator[None]:
         environment.pop_overlay()
 
 
-@contextlib.contextmanager
-def _own_copies_of_modules_under(roots: tuple[Path, ...]) -> Iterator[None]:
-    """Imports in the block get fresh copies of the modules whose files are under ``roots``.
-
-    On Lambda every function has its own process, so module-level state of the layer (cached
-    clients, settings) belongs to one function and one deployment. Here all functions share a
-    process: each cold start gets its own copy of the layer's modules, which then stay bound to
-    that function's module only; ``sys.modules`` is put back afterwards. Call under the lock.
-    """
-    resolved = [root.resolve() for root in roots]
-
-    def is_ours(module: object) -> bool:
-        filename = getattr(module, "__file__", None)
-        return bool(filename) and any(
-            Path(str(filename)).resolve().is_relative_to(root) for root in resolved
-        )
-
-    saved = {name: module for name, module in list(sys.modules.items()) if is_ours(module)}
-    for name in saved:
-        del sys.modules[name]
-    try:
-        yield
-    finally:
-        for name, module in list(sys.modules.items()):
-            if name not in saved and is_ours(module):
-                del sys.modules[name]
-        sys.modules.update(saved)
-
-
 class LambdaRuntime:
     """Loads and invokes handlers; one module per function and environment (a warm container).
 
@@ -288,10 +259,15 @@ class LambdaRuntime:
         if module_spec is None or module_spec.loader is None:
             raise HandlerLoadError(f"{spec.logical_id}: cannot load {path}")
         module = importlib.util.module_from_spec(module_spec)
+        # Registered as Lambda's runtime registers a handler module, so that what resolves names
+        # through sys.modules (pydantic's postponed annotations) finds it. The layer's modules are
+        # shared by the functions of this process: they keep no per-function state (clients and
+        # settings live in the handler modules, one copy per cold start).
+        sys.modules[module_name] = module
         try:
-            with _own_copies_of_modules_under((spec.code_dir, *spec.layer_dirs)):
-                module_spec.loader.exec_module(module)
+            module_spec.loader.exec_module(module)
         except Exception as error:
+            del sys.modules[module_name]
             raise HandlerLoadError(
                 f"{spec.logical_id}: importing {path} failed: {type(error).__name__}: {error}"
             ) from error
