@@ -38,8 +38,11 @@ def _error(message: str) -> None:
     print(f"imagegen: error: {message}", file=sys.stderr, flush=True)
 
 
-def _say(line: str) -> None:
-    print(line, flush=True)
+def _say(text: str) -> None:
+    # One write, newline included: the local stack's threads print too, and print() writes the
+    # text and its newline separately.
+    sys.stdout.write(text + "\n")
+    sys.stdout.flush()
 
 
 def _parameters(pairs: Sequence[str] | None) -> dict[str, str]:
@@ -75,6 +78,13 @@ def _quiet_libraries(verbose: bool) -> None:
 def _stack_options(args: argparse.Namespace) -> Any:
     from imagegen.local.stack import LocalStackOptions
 
+    parameters = _parameters(args.parameter_overrides)
+    function_environment: dict[str, str] = {}
+    if args.command == "demo" and not args.verbose:
+        # The demo shows the workflow's outcome; the functions' INFO logs and metric records
+        # (CloudWatch's embedded format) would bury it. `imagegen local` shows them.
+        parameters.setdefault("LogLevel", "WARNING")
+        function_environment["POWERTOOLS_METRICS_DISABLED"] = "true"
     return LocalStackOptions(
         template=Path(args.template).resolve(),
         api_port=args.port,
@@ -82,7 +92,8 @@ def _stack_options(args: argparse.Namespace) -> Any:
         bedrock=args.bedrock,
         gpu_worker=not args.no_gpu_worker,
         model_id=args.model_id,
-        parameters=_parameters(args.parameter_overrides),
+        parameters=parameters,
+        function_environment=function_environment,
     )
 
 
