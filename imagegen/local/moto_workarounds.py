@@ -189,6 +189,7 @@ def install() -> None:
         _patch_lambda_invoke()
         _patch_rule_lambda_targets()
         _patch_execution_history_paging()
+        _patch_stop_during_callback()
         _installed = True
 
 
@@ -408,3 +409,34 @@ def _patch_execution_history_paging() -> None:
         return ActionResult(history)
 
     StepFunctionResponse.get_execution_history = get_execution_history  # type: ignore[method-assign]
+
+
+def _patch_stop_during_callback() -> None:
+    from moto.stepfunctions.parser.api import ExecutionStatus
+    from moto.stepfunctions.parser.backend.execution import (
+        BaseExecutionWorkerCommunication,
+        Execution,
+    )
+
+    original_stop = Execution.stop
+    original_reflect = BaseExecutionWorkerCommunication._reflect_execution_status
+
+    def stop(self: Execution, *args: Any, **kwargs: Any) -> None:
+        self._imagegen_stop_requested = True  # type: ignore[attr-defined]
+        original_stop(self, *args, **kwargs)
+
+    def reflect_execution_status(self: BaseExecutionWorkerCommunication) -> None:
+        # Gap: moto applies StopExecution only when the current state ends, and a state waiting
+        # on `.waitForTaskToken` then ends by its own timeout; depending on which thread wins,
+        # the execution reads FAILED (States.Timeout) instead of ABORTED. On AWS a stopped
+        # execution is ABORTED at once, whatever it was waiting on.
+        original_reflect(self)
+        execution = self.execution
+        stopped = getattr(execution, "_imagegen_stop_requested", False)
+        if stopped and execution.exec_status == ExecutionStatus.FAILED:
+            execution.exec_status = ExecutionStatus.ABORTED
+            execution.error = None
+            execution.cause = None
+
+    Execution.stop = stop  # type: ignore[method-assign]
+    BaseExecutionWorkerCommunication._reflect_execution_status = reflect_execution_status  # type: ignore[method-assign]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,23 @@ import pytest
 from gpu_service.engine import Engine
 from gpu_service.settings import Settings
 from gpu_service.tiny_model import ensure_tiny_model
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def gpu_state_definition(queue_url: str) -> str:
+    """A state machine of one state: the workflow's own "Generate on GPU", sending to ``queue_url``.
+
+    Taken from statemachine/generate_image.asl.json, so the worker is tested against the message
+    and the heartbeat the deployed workflow really uses.
+    """
+    workflow = json.loads((REPO_ROOT / "statemachine" / "generate_image.asl.json").read_text())
+    state = dict(workflow["States"]["Generate on GPU"])
+    state.pop("Catch", None)
+    state.pop("Next", None)
+    state["End"] = True
+    state["Parameters"] = {**state["Parameters"], "QueueUrl": queue_url}
+    return json.dumps({"StartAt": "Generate on GPU", "States": {"Generate on GPU": state}})
 
 
 @pytest.fixture(scope="session")

@@ -23,30 +23,10 @@ from gpu_service.engine import Engine, ImageSpec
 from gpu_service.settings import Settings
 from gpu_service.worker import Worker
 from imagegen_common.models import GenerateRequest, GenerationResult, ImageSlot, Job
+from tests.gpu_service.conftest import gpu_state_definition
 
 BUCKET = "imagegen-images-test"
 ROLE_ARN = "arn:aws:iam::123456789012:role/imagegen-state-machine"
-
-
-def _definition(queue_url: str) -> str:
-    return json.dumps(
-        {
-            "StartAt": "Generate on GPU",
-            "States": {
-                "Generate on GPU": {
-                    "Type": "Task",
-                    "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
-                    "Parameters": {
-                        "QueueUrl": queue_url,
-                        "MessageBody": {"task_token.$": "$$.Task.Token", "job.$": "$.job"},
-                    },
-                    "HeartbeatSeconds": 120,
-                    "ResultPath": "$.generation",
-                    "End": True,
-                }
-            },
-        }
-    )
 
 
 @dataclass
@@ -139,7 +119,7 @@ def aws() -> Iterator[Aws]:
         queue_url = sqs.create_queue(QueueName="imagegen-gpu-jobs")["QueueUrl"]
         s3.create_bucket(Bucket=BUCKET)
         arn = sfn.create_state_machine(
-            name="gpu-step", definition=_definition(queue_url), roleArn=ROLE_ARN
+            name="gpu-step", definition=gpu_state_definition(queue_url), roleArn=ROLE_ARN
         )["stateMachineArn"]
         yield Aws(sqs, s3, sfn, queue_url, arn)
 
@@ -262,7 +242,7 @@ def test_an_unparseable_job_with_a_token_fails_its_task(
     aws: Aws, worker_for: Callable[..., Worker]
 ) -> None:
     # A state that sent a broken job: the token is there, the job is not a Job.
-    broken = json.loads(_definition(aws.queue_url))
+    broken = json.loads(gpu_state_definition(aws.queue_url))
     broken["States"]["Generate on GPU"]["Parameters"]["MessageBody"]["job"] = {"nonsense": 1}
     del broken["States"]["Generate on GPU"]["Parameters"]["MessageBody"]["job.$"]
     arn = aws.sfn.create_state_machine(

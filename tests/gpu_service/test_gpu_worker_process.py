@@ -21,6 +21,7 @@ import pytest
 from moto.server import ThreadedMotoServer
 
 from imagegen_common.models import GenerateRequest, ImageSlot, Job
+from tests.gpu_service.conftest import gpu_state_definition
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
@@ -52,24 +53,10 @@ def test_worker_process_does_a_job_and_stops_on_sigterm(
     sqs, s3, sfn = (boto3.client(name) for name in ("sqs", "s3", "stepfunctions"))
     queue_url = sqs.create_queue(QueueName="gpu-jobs")["QueueUrl"]
     s3.create_bucket(Bucket="images")
-    definition = {
-        "StartAt": "Generate on GPU",
-        "States": {
-            "Generate on GPU": {
-                "Type": "Task",
-                "Resource": "arn:aws:states:::sqs:sendMessage.waitForTaskToken",
-                "Parameters": {
-                    "QueueUrl": queue_url,
-                    "MessageBody": {"task_token.$": "$$.Task.Token", "job.$": "$.job"},
-                },
-                "HeartbeatSeconds": 120,
-                "ResultPath": "$.generation",
-                "End": True,
-            }
-        },
-    }
     machine = sfn.create_state_machine(
-        name="gpu", definition=json.dumps(definition), roleArn="arn:aws:iam::123456789012:role/x"
+        name="gpu",
+        definition=gpu_state_definition(queue_url),
+        roleArn="arn:aws:iam::123456789012:role/x",
     )["stateMachineArn"]
     job = Job(
         job_id="process-1",

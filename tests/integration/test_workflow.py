@@ -356,8 +356,8 @@ def test_cancel_stops_the_execution_and_tells_subscribers(workflow: Workflow) ->
     assert status_code == 202, body
     [event] = workflow.result_events()
     assert_event(event, "Image Generation Cancelled", execution_id)
-    # moto applies StopExecution when the waiting state ends (AWS aborts at once): report the
-    # task so the state ends, as a worker would, then the status reads ABORTED.
+    # moto applies StopExecution when the waiting state ends (AWS aborts at once): a worker
+    # reporting the task ends it, then the status reads ABORTED.
     workflow.serve_gpu_queue("succeed")
     assert workflow.wait(execution_id)["status"] == "ABORTED"
     _, status = workflow.status(execution_id)
