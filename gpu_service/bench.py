@@ -42,7 +42,7 @@ import torch
 from gpu_service.batching import MicroBatcher
 from gpu_service.engine import Engine, ImageSpec
 from gpu_service.settings import Settings
-from gpu_service.tiny_model import build_tiny_pipeline, ensure_tiny_model
+from gpu_service.tiny_model import ensure_tiny_model, write_tokenizer_files
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,8 @@ def build_sd15_pipeline(device: str) -> Any:
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     tokenizer_dir = Path(tempfile.mkdtemp(prefix="bench-tokenizer-"))
-    # Reuse the tiny model's byte-level tokenizer: prompts are padded to 77 tokens either way.
-    build_tiny_pipeline(tokenizer_dir)
+    # The tiny model's byte-level tokenizer files: prompts are padded to 77 tokens either way.
+    write_tokenizer_files(tokenizer_dir)
     tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), model_max_length=77)
     torch.manual_seed(0)
     with torch.device(device):  # initialise on the GPU: much faster than 1 B parameters on CPU

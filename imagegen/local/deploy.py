@@ -78,7 +78,6 @@ class DeployedFunction:
             timeout_s=self.timeout_s,
             memory_mb=self.memory_mb,
             region=self.region,
-            layer_dirs=self.layer_dirs,
         )
 
 

@@ -55,8 +55,6 @@ class FunctionSpec:
     timeout_s: int = 3
     memory_mb: int = 128
     region: str = DEFAULT_REGION
-    layer_dirs: tuple[Path, ...] = ()
-    """Layers' code folders: each cold start imports its own copy of their modules."""
 
     @property
     def name(self) -> str:
