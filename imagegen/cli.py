@@ -39,10 +39,7 @@ def _error(message: str) -> None:
 
 
 def _say(text: str) -> None:
-    # One write, newline included: the local stack's threads print too, and print() writes the
-    # text and its newline separately.
-    sys.stdout.write(text + "\n")
-    sys.stdout.flush()
+    print(text, flush=True)
 
 
 def _parameters(pairs: Sequence[str] | None) -> dict[str, str]:
@@ -128,8 +125,7 @@ def cmd_local(args: argparse.Namespace) -> int:
     from imagegen.local.stack import describe_event
 
     def on_event(event: dict[str, Any]) -> None:
-        # One write per event: the functions log from other threads of this process, and an
-        # event's lines must not be split by their log lines.
+        # One write per event, so its lines stay together among the functions' log lines.
         _say("\n".join(describe_event(event)))
 
     stop = threading.Event()
@@ -403,6 +399,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(models_main(arguments[1:]))
     args = build_parser().parse_args(arguments)
     _quiet_libraries(getattr(args, "verbose", False))
+    if args.command in ("local", "demo", "invoke"):
+        # These run many threads that print (API, functions, worker, event printer).
+        from imagegen.local.console import LineAtomicStream
+
+        sys.stdout = LineAtomicStream(sys.stdout)
     if args.command in ("generate", "status"):
         import httpx
 
