@@ -17,7 +17,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 PLACEHOLDER_ENVIRONMENT = {
     "AWS_DEFAULT_REGION": "us-east-1",
     "IMAGES_BUCKET": "placeholder",
-    "EVENT_BUS_NAME": "placeholder",
     "STATE_MACHINE_ARN": "arn:aws:states:us-east-1:123456789012:stateMachine:placeholder",
     "POWERTOOLS_TRACE_DISABLED": "true",
 }

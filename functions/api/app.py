@@ -1,52 +1,104 @@
 """ApiFunction: POST /generate, GET and DELETE /generate/{execution_id}, GET /openapi.json.
 
 Routes are declared with pydantic models, so requests are validated and the OpenAPI document
-comes from the same code. Errors are typed exceptions, mapped to responses in one place below.
+comes from the same code. Every error, from any route or layer, is a typed exception mapped to a
+response in one place below, in one shape: ``{"error": {"code", "message", "fields"?}}``
+(:class:`ErrorResponse`), and the document declares each status a route can answer.
 """
 
+import json
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from functools import cache
 from http import HTTPStatus
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
+from aws_lambda_powertools.event_handler.exceptions import NotFoundError
+from aws_lambda_powertools.event_handler.middlewares.openapi_validation import (
+    OpenAPIRequestValidationMiddleware,
+)
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
-from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn, SecurityScheme
 from aws_lambda_powertools.event_handler.openapi.params import Header, Path
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
+from botocore.exceptions import BotoCoreError, ClientError
 
+from imagegen_common.api_errors import ApiRefusal, InvalidRequestError, refusal_for_aws_error
 from imagegen_common.aws import client
 from imagegen_common.errors import InvalidPromptError
 from imagegen_common.executions import (
-    IdempotencyConflictError,
-    JobNotFoundError,
-    JobNotRunningError,
+    JobCancellation,
     cancel_job,
     job_status,
     new_job_id,
     start_job,
 )
-from imagegen_common.jobs import resolve_request
-from imagegen_common.models import ErrorCode, GenerateAccepted, GenerateRequest, Job, JobStatus
+from imagegen_common.jobs import GpuBacklogFullError, check_gpu_backlog, resolve_request
+from imagegen_common.json_body import read_json_object
+from imagegen_common.models import (
+    ApiError,
+    Backend,
+    ErrorCode,
+    ErrorResponse,
+    FieldError,
+    GenerateAccepted,
+    GenerateRequest,
+    Job,
+    JobStatus,
+)
 from imagegen_common.settings import ApiSettings
+
+if TYPE_CHECKING:
+    from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
+    from aws_lambda_powertools.event_handler.types import EventHandlerInstance
 
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
 settings = ApiSettings()
-sfn = client("stepfunctions")
-s3 = client("s3")
-events = client("events")
+
+
+# Clients are built by the first request that needs one, not at import: a cold start then pays
+# only for what its route uses (reading a status never builds the SQS client).
+@cache
+def sfn() -> Any:
+    return client("stepfunctions")
+
+
+@cache
+def s3() -> Any:
+    return client("s3")
+
+
+@cache
+def sqs() -> Any:
+    return client("sqs")
+
+
+class JsonObjectBodyValidation(OpenAPIRequestValidationMiddleware):
+    """powertools' request validation, reading the body by our rules (``json_body``).
+
+    powertools parses any body it deems JSON with ``json.loads`` inside this middleware, which
+    runs before every other middleware, lets RecursionError and ValueError escape, reads
+    form and multipart bodies too, and validates an array by its first element. Reading the
+    body is its only step we replace; the model's validation stays powertools'.
+    """
+
+    def _get_body(self, app: "EventHandlerInstance") -> dict[str, Any]:
+        event = app.current_event
+        return read_json_object(
+            event.headers.get("content-type"), event.body, bool(event.is_base64_encoded)
+        )
+
 
 app = APIGatewayRestResolver(enable_validation=True)
+app._request_validation_middleware = JsonObjectBodyValidation()
 
 OPENAPI_TITLE = "imagegen"
 OPENAPI_VERSION = "1.0.0"
-SECURITY_SCHEMES: dict[str, SecurityScheme] = {
-    "apiKey": APIKey(name="x-api-key", in_=APIKeyIn.header)
-}
 
 ExecutionId = Annotated[str, Path(description="The execution_id returned by POST /generate.")]
 IdempotencyKey = Annotated[
@@ -59,55 +111,128 @@ IdempotencyKey = Annotated[
 ]
 
 
-def _error_body(
-    code: ErrorCode | str, message: str, fields: list[dict[str, str]] | None = None
-) -> dict[str, Any]:
-    error: dict[str, Any] = {"code": str(code), "message": message}
-    if fields:
-        error["fields"] = fields
-    return {"error": error}
+# --- Errors: every one answered here, in the one shape -------------------------------------
 
 
-def _json_response(status: HTTPStatus, body: dict[str, Any]) -> Response[dict[str, Any]]:
-    return Response(status_code=status, content_type=content_types.APPLICATION_JSON, body=body)
+def error_response(
+    status: HTTPStatus, body: ErrorResponse, retry_after_seconds: int | None = None
+) -> Response[dict[str, Any]]:
+    headers = {"Retry-After": str(retry_after_seconds)} if retry_after_seconds else None
+    return Response(
+        status_code=status,
+        content_type=content_types.APPLICATION_JSON,
+        body=body.model_dump(mode="json", exclude_none=True),
+        headers=headers,
+    )
+
+
+def _internal_error(error: BaseException) -> Response[dict[str, Any]]:
+    logger.exception("unexpected error", exc_info=error)
+    request_id = getattr(app.lambda_context, "aws_request_id", None) or "unknown"
+    body = ErrorResponse(
+        error=ApiError(
+            code=ErrorCode.INTERNAL_ERROR,
+            message=f"internal error; quote request id {request_id} when reporting it",
+        )
+    )
+    return error_response(HTTPStatus.INTERNAL_SERVER_ERROR, body)
+
+
+@app.exception_handler(ApiRefusal)
+def handle_refusal(error: ApiRefusal) -> Response[dict[str, Any]]:
+    return error_response(error.http_status, error.response_body(), error.retry_after_seconds)
 
 
 @app.exception_handler(RequestValidationError)
 def handle_invalid_request(error: RequestValidationError) -> Response[dict[str, Any]]:
+    problems = [(tuple(item.get("loc") or ("body",)), item) for item in error.errors()]
+    if any(location[0] == "response" for location, _ in problems):
+        # powertools reports a response that breaks its own model this way: our bug, not the
+        # caller's.
+        return _internal_error(error)
     fields = [
-        {
-            "field": ".".join(str(part) for part in item["loc"][1:]) or str(item["loc"][0]),
-            "in": str(item["loc"][0]),
-            "rule": str(item["type"]),
-            "message": str(item.get("msg", "")),
-        }
-        for item in error.errors()
+        FieldError(
+            field=".".join(str(part) for part in location[1:]) or str(location[0]),
+            in_=str(location[0]),
+            rule=str(item.get("type", "invalid")),
+            message=str(item.get("msg", "")),
+        )
+        for location, item in problems
     ]
-    names = ", ".join(field["field"] for field in fields)
-    return _json_response(
-        HTTPStatus.UNPROCESSABLE_ENTITY,
-        _error_body(ErrorCode.VALIDATION_ERROR, f"invalid request: {names}", fields),
-    )
+    return handle_refusal(InvalidRequestError(fields))
 
 
 @app.exception_handler(InvalidPromptError)
-def handle_invalid_prompt(error: InvalidPromptError) -> Response[dict[str, Any]]:
-    fields = None
-    if error.field:
-        fields = [{"field": error.field, "rule": "allowed_values", "message": error.message}]
-    return _json_response(
-        HTTPStatus.UNPROCESSABLE_ENTITY, _error_body(error.code, error.message, fields)
+def handle_disallowed_value(error: InvalidPromptError) -> Response[dict[str, Any]]:
+    # From resolve_request: a size or model this deployment or model does not allow. For the
+    # API that is the request's shape (422 VALIDATION_ERROR); INVALID_PROMPT is a job's failure.
+    field = FieldError(field=error.field or "body", rule="not_allowed", message=error.message)
+    return handle_refusal(InvalidRequestError([field], message=error.message))
+
+
+@app.exception_handler([ClientError, BotoCoreError])
+def handle_aws_error(error: ClientError | BotoCoreError) -> Response[dict[str, Any]]:
+    refusal = refusal_for_aws_error(error)
+    if refusal is None:
+        return _internal_error(error)
+    logger.warning("AWS is throttling or failing", error=str(error))
+    return handle_refusal(refusal)
+
+
+@app.not_found
+def handle_no_route(_: NotFoundError) -> Response[dict[str, Any]]:
+    event = app.current_event
+    body = ErrorResponse(
+        error=ApiError(
+            code=ErrorCode.NOT_FOUND, message=f"no route {event.http_method} {event.path}"
+        )
     )
+    return error_response(HTTPStatus.NOT_FOUND, body)
 
 
-@app.exception_handler(JobNotFoundError)
-def handle_not_found(error: JobNotFoundError) -> Response[dict[str, Any]]:
-    return _json_response(HTTPStatus.NOT_FOUND, _error_body("NOT_FOUND", f"no job {error}"))
+@app.exception_handler(Exception)
+def handle_unexpected(error: Exception) -> Response[dict[str, Any]]:
+    return _internal_error(error)
 
 
-@app.exception_handler([IdempotencyConflictError, JobNotRunningError])
-def handle_conflict(error: Exception) -> Response[dict[str, Any]]:
-    return _json_response(HTTPStatus.CONFLICT, _error_body("CONFLICT", str(error)))
+# --- Routes -----------------------------------------------------------------------------------
+
+_ERROR_CONTENT: dict[str, Any] = {content_types.APPLICATION_JSON: {"model": ErrorResponse}}
+_RETRY_AFTER: dict[str, Any] = {
+    "Retry-After": {
+        "description": "Seconds to wait before trying again.",
+        "schema": {"type": "integer"},
+    }
+}
+_GATEWAY_ERRORS: dict[int, str] = {
+    403: "API Gateway: the API key or signature is missing or invalid.",
+    413: "API Gateway: the request is too large.",
+    504: "API Gateway: the function did not answer in time.",
+}
+
+
+def declared_responses(success: dict[int, str], errors: dict[int, str]) -> dict[int, Any]:
+    """OpenAPI responses of a route: its success bodies and each error, all as ErrorResponse.
+
+    Besides the route's own errors, every route may get API Gateway's (403, 413, 429, 504),
+    which the template's gateway responses render in the same shape, and 500 for a bug.
+    """
+    responses: dict[int, OpenAPIResponse] = {
+        status: {"description": description} for status, description in success.items()
+    }
+    all_errors = {
+        **_GATEWAY_ERRORS,
+        429: "Throttled by API Gateway (the usage plan's rate or quota).",
+        500: "An unexpected error; the message quotes the request id.",
+        503: "Step Functions or SQS is throttling or failing; retry after Retry-After seconds.",
+        **errors,
+    }
+    for status, description in sorted(all_errors.items()):
+        response: OpenAPIResponse = {"description": description, "content": _ERROR_CONTENT}
+        if status in (HTTPStatus.TOO_MANY_REQUESTS, HTTPStatus.SERVICE_UNAVAILABLE):
+            response["headers"] = _RETRY_AFTER
+        responses[status] = response
+    return responses
 
 
 def caller_identity() -> str:
@@ -132,17 +257,45 @@ def status_url(execution_id: str) -> str:
     return f"{scheme or 'https'}://{host}{stage}{path}"
 
 
+def check_backend_capacity(backend: Backend) -> None:
+    """429 while the GPU queue holds GPU_MAX_BACKLOG waiting jobs (when a limit is set)."""
+    if backend is not Backend.GPU or settings.gpu_max_backlog <= 0 or not settings.gpu_queue_url:
+        return
+    try:
+        check_gpu_backlog(
+            sqs(),
+            settings.gpu_queue_url,
+            settings.gpu_max_backlog,
+            settings.gpu_backlog_retry_after_seconds,
+        )
+    except GpuBacklogFullError:
+        metrics.add_metric(name="GpuBacklogRefusals", unit=MetricUnit.Count, value=1)
+        raise
+
+
 @app.post(
     "/generate",
     summary="Submit a text-to-image job",
-    responses={202: {"description": "Accepted: the workflow has started."}},
+    description="The body must be a JSON object, sent as application/json, any */*+json type "
+    "or without Content-Type; nested at most 32 deep, no number longer than 50 characters.",
+    responses=declared_responses(
+        {202: "Accepted: the workflow has started (or, for a repeated Idempotency-Key, had)."},
+        {
+            400: "The body is not readable JSON: rule json_invalid, json_depth or json_number.",
+            409: "The Idempotency-Key was already used with a different request.",
+            415: "The Content-Type is not JSON; the field entry names what is accepted.",
+            422: "The request breaks a rule: each bad field with the rule it broke.",
+            429: "Throttled by API Gateway, or the GPU backlog is full (GPU_MAX_BACKLOG).",
+        },
+    ),
     tags=["jobs"],
 )
 @tracer.capture_method
 def submit_generation(
     request: GenerateRequest, idempotency_key: IdempotencyKey = None
 ) -> Response[GenerateAccepted]:
-    resolve_request(request, settings)  # 422 now rather than a failed execution later
+    backend, *_ = resolve_request(request, settings)  # 422 now rather than a failed execution
+    check_backend_capacity(backend)
     owner = caller_identity()
     job = Job(
         job_id=new_job_id(owner, idempotency_key),
@@ -151,7 +304,7 @@ def submit_generation(
         request=request,
     )
     logger.append_keys(execution_id=job.job_id)
-    start_job(sfn, settings.state_machine_arn, job)
+    start_job(sfn(), settings.state_machine_arn, job)
     metrics.add_metric(name="JobsSubmitted", unit=MetricUnit.Count, value=1)
     accepted = GenerateAccepted(execution_id=job.job_id, status_url=status_url(job.job_id))
     return Response(
@@ -161,12 +314,20 @@ def submit_generation(
     )
 
 
-@app.get("/generate/<execution_id>", summary="Read a job's status and images", tags=["jobs"])
+@app.get(
+    "/generate/<execution_id>",
+    summary="Read a job's status and images",
+    responses=declared_responses(
+        {200: "The job's status; on success with freshly signed image URLs."},
+        {404: "No such job for this caller (other callers' jobs included)."},
+    ),
+    tags=["jobs"],
+)
 @tracer.capture_method
 def read_generation(execution_id: ExecutionId) -> JobStatus:
     return job_status(
-        sfn,
-        s3,
+        sfn(),
+        s3(),
         settings.state_machine_arn,
         execution_id,
         caller_identity(),
@@ -177,36 +338,86 @@ def read_generation(execution_id: ExecutionId) -> JobStatus:
 @app.delete(
     "/generate/<execution_id>",
     summary="Cancel a running job",
-    responses={202: {"description": "The job is being stopped."}},
+    description="Stops the job's execution. The answer gives the status read after the stop: "
+    "ABORTED, or CANCELLING while the stop is being applied. The 'Image Generation Cancelled' "
+    "event follows from the execution itself, once, however often DELETE is called.",
+    responses=declared_responses(
+        {202: "The stop was requested; the body has the status read right after it."},
+        {
+            404: "No such job for this caller (other callers' jobs included).",
+            409: "The job has already ended (the message names its status): nothing to cancel.",
+        },
+    ),
     tags=["jobs"],
 )
 @tracer.capture_method
-def cancel_generation(execution_id: ExecutionId) -> Response[JobStatus]:
-    stopped = cancel_job(
-        sfn,
-        events,
-        settings.state_machine_arn,
-        execution_id,
-        caller_identity(),
-        settings.event_bus_name,
-        settings.event_source,
-    )
+def cancel_generation(execution_id: ExecutionId) -> Response[JobCancellation]:
+    cancellation = cancel_job(sfn(), settings.state_machine_arn, execution_id, caller_identity())
     metrics.add_metric(name="JobsCancelled", unit=MetricUnit.Count, value=1)
     return Response(
         status_code=HTTPStatus.ACCEPTED,
         content_type=content_types.APPLICATION_JSON,
-        body=stopped,
+        body=cancellation,
     )
 
 
+# --- OpenAPI ----------------------------------------------------------------------------------
+
+
+@cache
 def openapi_document() -> str:
-    return app.get_openapi_json_schema(
+    """The API's OpenAPI document, as served at /openapi.json and saved in docs/openapi.json."""
+    from aws_lambda_powertools.event_handler.openapi.models import APIKey, APIKeyIn
+
+    schema = app.get_openapi_json_schema(
         title=OPENAPI_TITLE,
         version=OPENAPI_VERSION,
-        description="Submit text-to-image jobs and read their results.",
-        security_schemes=SECURITY_SCHEMES,
+        description="Submit text-to-image jobs and read their results. Every error, from the "
+        "function or from API Gateway, is an ErrorResponse: "
+        '{"error": {"code", "message", "fields"?}}.',
+        security_schemes={"apiKey": APIKey(name="x-api-key", in_=APIKeyIn.header)},
         security=[{"apiKey": []}],
     )
+    return json.dumps(_without_undeclared_responses(json.loads(schema)), indent=2)
+
+
+def _without_undeclared_responses(document: dict[str, Any]) -> dict[str, Any]:
+    """Drop what powertools adds on its own and the API never answers.
+
+    powertools declares a 422 with its ``HTTPValidationError`` schema on every route; the routes
+    that can answer 422 declare it with ErrorResponse instead, so what is left of powertools'
+    (on routes without a body) and the schemas only it used go.
+    """
+    for operations in document["paths"].values():
+        for operation in operations.values():
+            operation["responses"] = {
+                status: response
+                for status, response in sorted(operation["responses"].items())
+                if "HTTPValidationError" not in json.dumps(response)
+            }
+    schemas = document["components"]["schemas"]
+    used: set[str] = set()
+    pending = list(_references(document["paths"]))
+    while pending:
+        name = pending.pop()
+        if name not in used and name in schemas:
+            used.add(name)
+            pending.extend(_references(schemas[name]))
+    document["components"]["schemas"] = {name: schemas[name] for name in schemas if name in used}
+    return document
+
+
+def _references(node: Any) -> Iterator[str]:
+    stack = [node]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            reference = item.get("$ref")
+            if isinstance(reference, str):
+                yield reference.rsplit("/", 1)[-1]
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
 
 
 @app.get("/openapi.json", include_in_schema=False)
@@ -222,4 +433,20 @@ def serve_openapi() -> Response[str]:
 @tracer.capture_lambda_handler
 @metrics.log_metrics
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
-    return app.resolve(event, context)
+    try:
+        return app.resolve(event, context)
+    except Exception:  # outside any route (e.g. an event without httpMethod): still no 502
+        logger.exception("the event could not be resolved")
+        body = ErrorResponse(
+            error=ApiError(
+                code=ErrorCode.INTERNAL_ERROR,
+                message=f"internal error; quote request id {context.aws_request_id} when "
+                "reporting it",
+            )
+        )
+        return {
+            "statusCode": HTTPStatus.INTERNAL_SERVER_ERROR.value,
+            "headers": {"Content-Type": content_types.APPLICATION_JSON},
+            "body": body.model_dump_json(exclude_none=True),
+            "isBase64Encoded": False,
+        }

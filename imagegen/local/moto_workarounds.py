@@ -17,6 +17,8 @@ Gaps filled (details at each block):
 - Lambda: without Docker nothing runs (our handlers are dispatched in-process, errors reported
   with ``x-amz-function-error``);
 - EventBridge: a rule with a Lambda target raises instead of invoking it.
+- Step Functions: no "Step Functions Execution Status Change" events; StopExecution waits for the
+  current state to end (a `.waitForTaskToken` wait included) and may read FAILED.
 Not worked around: ``AWS::SQS::QueuePolicy``, ``AWS::ApiGateway::Stage``/``ApiKey``/``UsagePlan``,
 ``AWS::S3::BucketPolicy`` and the schema registry are skipped by moto (logged); moto does not
 invoke ``aws_proxy`` integrations (``api_gateway`` serves the routes instead); ``StopExecution``
@@ -413,6 +415,7 @@ def _patch_execution_history_paging() -> None:
 
 def _patch_stop_during_callback() -> None:
     from moto.stepfunctions.parser.api import ExecutionStatus
+    from moto.stepfunctions.parser.asl.eval.callback.callback import CallbackConsumerTimeout
     from moto.stepfunctions.parser.backend.execution import (
         BaseExecutionWorkerCommunication,
         Execution,
@@ -424,12 +427,21 @@ def _patch_stop_during_callback() -> None:
     def stop(self: Execution, *args: Any, **kwargs: Any) -> None:
         self._imagegen_stop_requested = True  # type: ignore[attr-defined]
         original_stop(self, *args, **kwargs)
+        # Gap: moto applies StopExecution only when the current state ends, so a state waiting
+        # on `.waitForTaskToken` (a GPU job still queued, with no heartbeat timeout) would keep
+        # the execution RUNNING until its deadline. On AWS the stop is immediate, and the task's
+        # token answers TaskTimedOut from then on. Both are done here: every callback of the
+        # execution is marked timed out for its consumers and its wait is interrupted.
+        worker = self.exec_worker
+        if worker is not None and worker.env is not None:
+            for endpoint in list(worker.env.callback_pool_manager._pool.values()):
+                endpoint.report(CallbackConsumerTimeout())
+                endpoint.interrupt_all()
 
     def reflect_execution_status(self: BaseExecutionWorkerCommunication) -> None:
-        # Gap: moto applies StopExecution only when the current state ends, and a state waiting
-        # on `.waitForTaskToken` then ends by its own timeout; depending on which thread wins,
-        # the execution reads FAILED (States.Timeout) instead of ABORTED. On AWS a stopped
-        # execution is ABORTED at once, whatever it was waiting on.
+        # Gap: depending on which thread wins, a stopped execution reads FAILED (the interrupted
+        # callback's States.Timeout, or an internal error of a stopped Map) instead of ABORTED.
+        # On AWS a stopped execution is ABORTED, whatever it was waiting on.
         original_reflect(self)
         execution = self.execution
         stopped = getattr(execution, "_imagegen_stop_requested", False)
@@ -437,6 +449,53 @@ def _patch_stop_during_callback() -> None:
             execution.exec_status = ExecutionStatus.ABORTED
             execution.error = None
             execution.cause = None
+        _publish_status_change(execution)
 
     Execution.stop = stop  # type: ignore[method-assign]
     BaseExecutionWorkerCommunication._reflect_execution_status = reflect_execution_status  # type: ignore[method-assign]
+
+
+STATUS_CHANGE_DETAIL_TYPE = "Step Functions Execution Status Change"
+
+
+def _publish_status_change(execution: Any) -> None:
+    """Gap: moto publishes no "Step Functions Execution Status Change" events. AWS puts one on
+    the account's default bus whenever a Standard execution changes status; the terminal ones
+    are published here in AWS's shape, so rules on them (ReportJobEndingFunction's) work
+    locally. RUNNING is not published: nothing here subscribes to it."""
+    from moto.events.models import events_backends
+
+    status = str(getattr(execution.exec_status, "value", execution.exec_status))
+    if status == "RUNNING":
+        return
+
+    def millis(moment: Any) -> int | None:
+        return int(moment.timestamp() * 1000) if moment is not None else None
+
+    detail = {
+        "executionArn": execution.exec_arn,
+        "stateMachineArn": execution.state_machine_arn,
+        "name": execution.name,
+        "status": status,
+        "startDate": millis(execution.start_date),
+        "stopDate": millis(execution.stop_date),
+        "input": json.dumps(execution.input_data),
+        "inputDetails": {"included": True},
+        "output": json.dumps(execution.output) if execution.output is not None else None,
+        "outputDetails": {"included": True} if execution.output is not None else None,
+        "error": execution.error,
+        "cause": execution.cause,
+    }
+    try:
+        events_backends[execution.account_id][execution.region_name].put_events(
+            [
+                {
+                    "Source": "aws.states",
+                    "DetailType": STATUS_CHANGE_DETAIL_TYPE,
+                    "Detail": json.dumps(detail),
+                    "Resources": [execution.exec_arn],
+                }
+            ]
+        )
+    except Exception:  # as on AWS, delivery trouble never changes the execution
+        logger.exception("publishing the status change of %s failed", execution.exec_arn)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import json
-import shutil
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -118,6 +117,27 @@ class Workflow:
                 sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
         return received
 
+    def settled_result_events(
+        self, quiet_s: float = 2.0, timeout_s: float = 20
+    ) -> list[dict[str, Any]]:
+        """Every result event, once none has arrived for ``quiet_s`` (so a second one shows)."""
+        queue_url = self.stack.queues["ResultEventsQueue"]
+        sqs = boto3.client("sqs")
+        received: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout_s
+        last_arrival = time.monotonic()
+        while time.monotonic() < deadline:
+            if received and time.monotonic() - last_arrival >= quiet_s:
+                break
+            answer = sqs.receive_message(
+                QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+            )
+            for message in answer.get("Messages", []):
+                received.append(json.loads(message["Body"]))
+                sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+                last_arrival = time.monotonic()
+        return received
+
     def png(self, key: str) -> bytes:
         return bytes(boto3.client("s3").get_object(Bucket=self.bucket, Key=key)["Body"].read())
 
@@ -133,9 +153,17 @@ class Workflow:
                 answer = sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=1)
                 for message in answer.get("Messages", []):
                     job_message = GpuJobMessage.model_validate_json(message["Body"])
-                    if behaviour == "succeed":
-                        self._complete_gpu_job(job_message)
-                    # "silent": never report, never heartbeat (a worker that died)
+                    if behaviour == "die":
+                        # A worker that took the job and died: no report, no delete; the
+                        # message comes back at once (visibility 0) for the next one.
+                        sqs.change_message_visibility(
+                            QueueUrl=queue_url,
+                            ReceiptHandle=message["ReceiptHandle"],
+                            VisibilityTimeout=0,
+                        )
+                        done += 1
+                        continue
+                    self._complete_gpu_job(job_message)
                     sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
                     done += 1
 
@@ -348,37 +376,92 @@ def test_unavailable_model_without_fallback_fails_with_its_code(workflow: Workfl
     assert detail["error"]["code"] == "MODEL_UNAVAILABLE"
 
 
-def test_cancel_stops_the_execution_and_tells_subscribers(workflow: Workflow) -> None:
+def test_cancel_of_a_queued_gpu_job_ends_it_with_one_cancelled_event(workflow: Workflow) -> None:
     execution_id = workflow.submit({"prompt": "a slow job", "backend": "gpu"})
-    wait_for_stage(workflow, execution_id, "generating")  # waits on a queue nobody serves yet
+    wait_for_stage(workflow, execution_id, "generating")  # waits on a queue nobody serves
 
     status_code, body = workflow.status(execution_id, method="DELETE")
     assert status_code == 202, body
-    [event] = workflow.result_events()
-    assert_event(event, "Image Generation Cancelled", execution_id)
-    # moto applies StopExecution when the waiting state ends (AWS aborts at once): a worker
-    # reporting the task ends it, then the status reads ABORTED.
-    workflow.serve_gpu_queue("succeed")
+    assert body["status"] in {"ABORTED", "CANCELLING"}
     assert workflow.wait(execution_id)["status"] == "ABORTED"
+    code, body = workflow.status(execution_id, method="DELETE")
+    assert code == 409, body  # it has ended: nothing left to cancel, and no second event
+    [event] = workflow.settled_result_events()
+    detail = assert_event(event, "Image Generation Cancelled", execution_id)
+    assert detail["owner"] == "apikey:key-a"
     _, status = workflow.status(execution_id)
     assert status["status"] == "ABORTED"
-    code, _ = workflow.status(execution_id, method="DELETE")
-    assert code == 409  # it has ended: nothing left to cancel
 
 
-def test_gpu_heartbeat_timeout_fails_with_a_failure_event(
-    workflow_factory: Callable[..., Workflow], tmp_path: Path
+def test_an_execution_stopped_outside_the_api_still_gets_its_one_event(workflow: Workflow) -> None:
+    execution_id = workflow.submit({"prompt": "stopped from the console", "backend": "gpu"})
+    wait_for_stage(workflow, execution_id, "generating")
+
+    workflow.sfn.stop_execution(executionArn=workflow.execution_arn(execution_id))
+
+    assert workflow.wait(execution_id)["status"] == "ABORTED"
+    [event] = workflow.settled_result_events()
+    assert_event(event, "Image Generation Cancelled", execution_id)
+
+
+@pytest.mark.parametrize("delay_s", [0.0, 0.2, 0.5, 1.0])
+def test_cancel_racing_the_end_of_a_bedrock_job_gives_one_event_matching_the_status(
+    workflow: Workflow, delay_s: float
 ) -> None:
-    template = short_heartbeat_copy(tmp_path, heartbeat_seconds=2)
-    workflow = workflow_factory(template)
-    workflow.serve_gpu_queue("silent")
-    execution_id = workflow.submit({"prompt": "a job whose worker dies", "backend": "gpu"})
+    execution_id = workflow.submit({"prompt": "a race", "num_images": 2})
+    time.sleep(delay_s)  # where in the workflow the DELETE lands is what the race varies
+
+    code, body = workflow.status(execution_id, method="DELETE")
+    assert code in {202, 409}, body
+    final = workflow.wait(execution_id)["status"]
+    [event] = workflow.settled_result_events()
+    expected = {
+        "SUCCEEDED": "Image Generated",
+        "ABORTED": "Image Generation Cancelled",
+        "FAILED": "Image Generation Failed",
+    }[final]
+    assert_event(event, expected, execution_id)
+
+
+def test_a_gpu_job_past_its_deadline_fails_with_timeout(
+    workflow_factory: Callable[..., Workflow],
+) -> None:
+    workflow = workflow_factory(GpuJobTimeoutSeconds="5")
+    execution_id = workflow.submit({"prompt": "no worker comes", "backend": "gpu"})
 
     execution = workflow.wait(execution_id, timeout_s=30)
     assert execution["status"] == "FAILED"
-    [event] = workflow.result_events()
+    [event] = workflow.settled_result_events()
     detail = assert_event(event, "Image Generation Failed", execution_id)
     assert detail["error"]["code"] == "TIMEOUT"
+
+
+def test_a_gpu_job_whose_workers_keep_dying_fails_with_worker_lost(
+    workflow_factory: Callable[..., Workflow],
+) -> None:
+    workflow = workflow_factory(GpuJobMaxReceives="2")
+    workflow.serve_gpu_queue("die", jobs=3)
+    execution_id = workflow.submit({"prompt": "a job that kills its workers", "backend": "gpu"})
+
+    execution = workflow.wait(execution_id, timeout_s=30)
+    assert execution["status"] == "FAILED"
+    [event] = workflow.settled_result_events()
+    detail = assert_event(event, "Image Generation Failed", execution_id)
+    assert detail["error"]["code"] == "WORKER_LOST"
+    dead_letters = boto3.client("sqs").get_queue_attributes(
+        QueueUrl=workflow.stack.queues["GpuJobDeadLetterQueue"],
+        AttributeNames=["ApproximateNumberOfMessages"],
+    )
+    assert dead_letters["Attributes"]["ApproximateNumberOfMessages"] == "0"  # drained
+
+
+def test_the_gpu_state_has_a_deadline_and_no_heartbeat_timeout() -> None:
+    """Queue wait must not count as a dead worker: no HeartbeatSeconds; one deadline instead."""
+    definition = json.loads((REPO_ROOT / "statemachine/generate_image.asl.json").read_text())
+    gpu_state = definition["States"]["Generate on GPU"]
+    assert "HeartbeatSeconds" not in gpu_state
+    assert "HeartbeatSecondsPath" not in gpu_state
+    assert gpu_state["TimeoutSecondsPath"] == "$.job.gpu_timeout_seconds"
 
 
 def test_status_reports_the_stage_while_running(workflow: Workflow) -> None:
@@ -406,19 +489,3 @@ def wait_for_stage(
             return
         time.sleep(0.05)
     raise AssertionError(f"{execution_id} never reached stage {stage!r}")
-
-
-def short_heartbeat_copy(directory: Path, heartbeat_seconds: int) -> Path:
-    """template.yaml beside a copy of the ASL whose GPU heartbeat is ``heartbeat_seconds``.
-
-    The deployed heartbeat (120 s) is too long to wait out in a test; only that number changes.
-    """
-    definition = json.loads((REPO_ROOT / "statemachine/generate_image.asl.json").read_text())
-    assert definition["States"]["Generate on GPU"]["HeartbeatSeconds"] == 120
-    definition["States"]["Generate on GPU"]["HeartbeatSeconds"] = heartbeat_seconds
-    (directory / "statemachine").mkdir()
-    (directory / "statemachine/generate_image.asl.json").write_text(json.dumps(definition))
-    shutil.copy(REPO_ROOT / "template.yaml", directory / "template.yaml")
-    for shared in ("functions", "layers"):
-        (directory / shared).symlink_to(REPO_ROOT / shared)
-    return directory / "template.yaml"

@@ -1,16 +1,23 @@
-"""ApiFunction against moto: submit, idempotency, ownership, validation errors, cancel, OpenAPI."""
+"""ApiFunction against moto: submit, idempotency, ownership, body rules, errors, cancel, OpenAPI.
+
+Every response any test here gets goes through :func:`call`, which checks it against the API's
+contract: its status is declared for its route in the OpenAPI document, and an error's body is an
+``ErrorResponse``.
+"""
 
 from __future__ import annotations
 
 import copy
 import json
 from collections.abc import Iterator
+from functools import cache
 from typing import Any
 
 import boto3
 import pytest
 from moto import mock_aws
 
+from imagegen_common.models import ErrorResponse
 from tests.conftest import REPO_ROOT, import_function, load_event
 
 PASS_DEFINITION = json.dumps({"StartAt": "Wait", "States": {"Wait": {"Type": "Pass", "End": True}}})
@@ -26,16 +33,44 @@ def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
             roleArn="arn:aws:iam::123456789012:role/sfn",
         )
         boto3.client("s3").create_bucket(Bucket="images")
-        boto3.client("events").create_event_bus(Name="imagegen-bus")
         monkeypatch.setenv("STATE_MACHINE_ARN", machine["stateMachineArn"])
         monkeypatch.setenv("IMAGES_BUCKET", "images")
-        monkeypatch.setenv("EVENT_BUS_NAME", "imagegen-bus")
         yield import_function("api")
 
 
+@cache
+def saved_openapi_document() -> dict[str, Any]:
+    return json.loads((REPO_ROOT / "docs" / "openapi.json").read_text())
+
+
+def check_contract(event: dict[str, Any], response: dict[str, Any]) -> None:
+    """The response's status is declared for its route; an error body is an ErrorResponse."""
+    status = int(response["statusCode"])
+    body = json.loads(response["body"])
+    operation = (
+        saved_openapi_document()["paths"]
+        .get(event.get("resource", ""), {})
+        .get(event["httpMethod"].lower())
+    )
+    if operation is not None:
+        assert str(status) in operation["responses"], (
+            f"{event['httpMethod']} {event['resource']} answered {status}, not in the document"
+        )
+    if status >= 400:
+        ErrorResponse.model_validate(body)
+        assert set(body) == {"error"}
+        assert response["multiValueHeaders"]["Content-Type"] == ["application/json"]
+
+
+def respond(api: Any, event: dict[str, Any], lambda_context: Any) -> dict[str, Any]:
+    response: dict[str, Any] = api.lambda_handler(event, lambda_context)
+    check_contract(event, response)
+    return response
+
+
 def call(api: Any, event: dict[str, Any], lambda_context: Any) -> tuple[int, dict[str, Any]]:
-    response = api.lambda_handler(event, lambda_context)
-    return response["statusCode"], json.loads(response["body"])
+    response = respond(api, event, lambda_context)
+    return int(response["statusCode"]), json.loads(response["body"])
 
 
 def post_event(
@@ -125,12 +160,6 @@ def test_bad_body_gets_422_naming_the_field_and_rule(
     ]
 
 
-def test_body_that_is_not_json_gets_422(api: Any, lambda_context: Any) -> None:
-    status, answer = call(api, post_event("{not json"), lambda_context)
-    assert status == 422
-    assert answer["error"]["code"] == "VALIDATION_ERROR"
-
-
 def test_model_outside_the_allow_list_gets_422_listing_allowed(
     api: Any, lambda_context: Any
 ) -> None:
@@ -153,7 +182,8 @@ def test_size_without_an_aspect_ratio_of_the_model_gets_422(
     )
 
     assert status == 422
-    assert answer["error"]["code"] == "INVALID_PROMPT"
+    assert answer["error"]["code"] == "VALIDATION_ERROR"  # INVALID_PROMPT is a job's failure
+    assert answer["error"]["fields"][0]["field"] == "width"
     assert "1:1" in answer["error"]["message"]  # lists the model's aspect ratios
 
 
@@ -198,3 +228,418 @@ def test_openapi_document_is_served_and_saved_in_the_repo(api: Any, lambda_conte
     assert saved == served, "docs/openapi.json is stale: run `python scripts/export_openapi.py`"
     assert set(served["paths"]) == {"/generate", "/generate/{execution_id}"}
     assert "GenerateRequest" in served["components"]["schemas"]
+
+
+# --- Body rules -------------------------------------------------------------------------------
+
+
+def only_field(answer: dict[str, Any]) -> dict[str, str]:
+    [field] = answer["error"]["fields"]
+    return field
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "rule"),
+    [
+        ("{not json", 400, "json_invalid"),
+        ('{"prompt": "a fox",}', 400, "json_invalid"),
+        ('{"prompt": NaN}', 400, "json_invalid"),
+        ("[" * 10_000 + "]" * 10_000, 400, "json_depth"),
+        ('{"a":' * 10_000 + "1" + "}" * 10_000, 400, "json_depth"),
+        ('{"prompt": "a fox", "seed": ' + "9" * 5_000 + "}", 400, "json_number"),
+        ('{"prompt": "a fox", "seed": 1e999}', 400, "json_number"),
+        ('[{"prompt": "a fox"}, {"prompt": "dropped"}]', 422, "object_type"),
+        ('"a fox"', 422, "object_type"),
+        ("42", 422, "object_type"),
+        ("null", 422, "object_type"),
+        ("", 422, "missing"),
+    ],
+)
+def test_body_that_is_not_a_json_object_is_refused_naming_the_rule(
+    api: Any, lambda_context: Any, body: str, status: int, rule: str
+) -> None:
+    answer_status, answer = call(api, post_event(body), lambda_context)
+
+    assert answer_status == status
+    assert answer["error"]["code"] == "VALIDATION_ERROR"
+    assert only_field(answer) | {"message": ""} == {
+        "field": "body",
+        "in": "body",
+        "rule": rule,
+        "message": "",
+    }
+    assert (
+        boto3.client("stepfunctions").list_executions(
+            stateMachineArn=api.settings.state_machine_arn
+        )["executions"]
+        == []
+    )
+
+
+@pytest.mark.parametrize(
+    "content_type",
+    [
+        None,
+        "",
+        "application/json",
+        "application/json; charset=utf-8",
+        "application/merge-patch+json",
+    ],
+)
+def test_json_body_is_read_without_or_with_a_json_content_type(
+    api: Any, lambda_context: Any, content_type: str | None
+) -> None:
+    event = post_event({"prompt": "a fox"})
+    del event["headers"]["Content-Type"]
+    if content_type is not None:
+        event["headers"]["content-type"] = content_type
+
+    status, answer = call(api, event, lambda_context)
+
+    assert status == 202, answer
+
+
+def test_base64_encoded_json_body_is_read(api: Any, lambda_context: Any) -> None:
+    import base64
+
+    event = post_event("")
+    event["body"] = base64.b64encode(b'{"prompt": "a fox"}').decode()
+    event["isBase64Encoded"] = True
+
+    assert call(api, event, lambda_context)[0] == 202
+
+
+@pytest.mark.parametrize(
+    ("content_type", "body"),
+    [
+        ("text/plain", '{"prompt": "a fox"}'),
+        ("application/x-www-form-urlencoded", "prompt=a+fox"),
+        ("multipart/form-data", "prompt=a+fox"),  # no boundary: powertools raised ValueError
+        ("multipart/form-data; boundary=x", '--x\r\nContent-Disposition: form-data; name="prompt"'),
+        ("application/jsonp", '{"prompt": "a fox"}'),
+    ],
+)
+def test_body_of_another_media_type_gets_415_naming_what_is_accepted(
+    api: Any, lambda_context: Any, content_type: str, body: str
+) -> None:
+    status, answer = call(
+        api, post_event(body, headers={"Content-Type": content_type}), lambda_context
+    )
+
+    assert status == 415
+    assert answer["error"]["code"] == "UNSUPPORTED_MEDIA_TYPE"
+    field = only_field(answer)
+    assert (field["field"], field["in"], field["rule"]) == ("Content-Type", "header", "media_type")
+    assert "application/json" in field["message"]
+
+
+def test_overlong_idempotency_key_gets_422_naming_the_header(api: Any, lambda_context: Any) -> None:
+    event = post_event({"prompt": "a fox"}, headers={"Idempotency-Key": "k" * 256})
+
+    status, answer = call(api, event, lambda_context)
+
+    assert status == 422
+    field = only_field(answer)
+    assert (field["field"], field["in"], field["rule"]) == (
+        "idempotency-key",
+        "header",
+        "string_too_long",
+    )
+
+
+# --- Errors from every layer, in one shape -------------------------------------------------
+
+
+def test_unknown_route_gets_404_in_the_error_shape(api: Any, lambda_context: Any) -> None:
+    event = post_event({"prompt": "a fox"})
+    event["path"] = event["resource"] = "/nothing/here"
+
+    status, answer = call(api, event, lambda_context)
+
+    assert status == 404
+    assert answer["error"]["code"] == "NOT_FOUND"
+
+
+def test_unexpected_exception_gets_500_in_the_error_shape(
+    api: Any, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("secret detail")
+
+    monkeypatch.setattr(api, "job_status", broken)
+
+    status, answer = call(api, get_event("some-job"), lambda_context)
+
+    assert status == 500
+    assert answer["error"]["code"] == "INTERNAL_ERROR"
+    assert "secret detail" not in answer["error"]["message"]
+    assert lambda_context.aws_request_id in answer["error"]["message"]
+
+
+def test_event_that_cannot_be_routed_gets_500_not_a_lambda_error(
+    api: Any, lambda_context: Any
+) -> None:
+    event = post_event({"prompt": "a fox"})
+    del event["httpMethod"]
+
+    response = api.lambda_handler(event, lambda_context)
+
+    assert response["statusCode"] == 500
+    ErrorResponse.model_validate_json(response["body"])
+
+
+def client_error(code: str, http_status: int, operation: str) -> Any:
+    from botocore.exceptions import ClientError
+
+    return ClientError(
+        {
+            "Error": {"Code": code, "Message": "..."},
+            "ResponseMetadata": {"HTTPStatusCode": http_status},
+        },
+        operation,
+    )
+
+
+@pytest.mark.parametrize(
+    ("code", "http_status"), [("ThrottlingException", 400), ("ServiceUnavailable", 503)]
+)
+def test_step_functions_throttling_or_failing_gets_503_with_retry_after(
+    api: Any, lambda_context: Any, monkeypatch: pytest.MonkeyPatch, code: str, http_status: int
+) -> None:
+    def throttled(**kwargs: Any) -> Any:
+        raise client_error(code, http_status, "StartExecution")
+
+    monkeypatch.setattr(api.sfn(), "start_execution", throttled)
+
+    response = respond(api, post_event({"prompt": "a fox"}), lambda_context)
+
+    assert response["statusCode"] == 503
+    assert json.loads(response["body"])["error"]["code"] == "SERVICE_UNAVAILABLE"
+    assert int(response["multiValueHeaders"]["Retry-After"][0]) > 0
+
+
+def test_aws_error_that_is_our_fault_gets_500(
+    api: Any, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def denied(**kwargs: Any) -> Any:
+        raise client_error("AccessDeniedException", 400, "StartExecution")
+
+    monkeypatch.setattr(api.sfn(), "start_execution", denied)
+
+    status, answer = call(api, post_event({"prompt": "a fox"}), lambda_context)
+
+    assert status == 500
+    assert answer["error"]["code"] == "INTERNAL_ERROR"
+
+
+# --- DELETE -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def delivered_events(api: Any) -> Any:
+    """Every event put on any bus of the account, delivered to one queue; yields a reader."""
+    events = boto3.client("events")
+    sqs = boto3.client("sqs")
+    queue_url = sqs.create_queue(QueueName="every-event")["QueueUrl"]
+    queue_arn = sqs.get_queue_attributes(QueueUrl=queue_url, AttributeNames=["QueueArn"])[
+        "Attributes"
+    ]["QueueArn"]
+    events.create_event_bus(Name="imagegen-bus")
+    for bus in ("default", "imagegen-bus"):
+        events.put_rule(
+            Name=f"all-on-{bus}", EventBusName=bus, EventPattern='{"source": [{"prefix": ""}]}'
+        )
+        events.put_targets(
+            Rule=f"all-on-{bus}", EventBusName=bus, Targets=[{"Id": "q", "Arn": queue_arn}]
+        )
+
+    def read() -> list[dict[str, Any]]:
+        messages = sqs.receive_message(QueueUrl=queue_url, MaxNumberOfMessages=10)
+        return [json.loads(message["Body"]) for message in messages.get("Messages", [])]
+
+    return read
+
+
+def test_delete_of_a_running_job_stops_it_and_emits_no_event(
+    api: Any, lambda_context: Any, delivered_events: Any
+) -> None:
+    _, accepted = call(api, post_event({"prompt": "a cat"}), lambda_context)
+    execution_id = accepted["execution_id"]
+
+    status, answer = call(api, get_event(execution_id, method="DELETE"), lambda_context)
+
+    assert status == 202
+    assert answer == {"execution_id": execution_id, "status": "ABORTED"}
+    assert delivered_events() == []  # the cancelled event is the workflow's to emit, once
+    # The plumbing works: an event put on the bus does arrive.
+    boto3.client("events").put_events(
+        Entries=[{"EventBusName": "imagegen-bus", "Source": "t", "DetailType": "t", "Detail": "{}"}]
+    )
+    assert [event["source"] for event in delivered_events()] == ["t"]
+
+
+def test_delete_answers_cancelling_while_the_stop_is_not_applied_yet(
+    api: Any, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, accepted = call(api, post_event({"prompt": "a cat"}), lambda_context)
+    stops: list[dict[str, Any]] = []
+    # As moto during a task, and AWS in the instant after the call: it still reads RUNNING.
+    monkeypatch.setattr(api.sfn(), "stop_execution", lambda **kwargs: stops.append(kwargs))
+
+    status, answer = call(api, get_event(accepted["execution_id"], method="DELETE"), lambda_context)
+
+    assert status == 202
+    assert answer["status"] == "CANCELLING"
+    assert [stop["executionArn"].rsplit(":", 1)[-1] for stop in stops] == [accepted["execution_id"]]
+
+
+def test_delete_of_an_ended_job_is_409_naming_its_status(api: Any, lambda_context: Any) -> None:
+    _, accepted = call(api, post_event({"prompt": "a cat"}), lambda_context)
+    call(api, get_event(accepted["execution_id"], method="DELETE"), lambda_context)
+
+    status, answer = call(api, get_event(accepted["execution_id"], method="DELETE"), lambda_context)
+
+    assert status == 409
+    assert answer["error"]["code"] == "CONFLICT"
+    assert "ABORTED" in answer["error"]["message"]
+
+
+@pytest.mark.parametrize(
+    ("code", "http_status", "expected"),
+    [("ExecutionDoesNotExist", 400, 404), ("ThrottlingException", 400, 503)],
+)
+def test_stop_execution_errors_are_answered_in_the_error_shape(
+    api: Any,
+    lambda_context: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    code: str,
+    http_status: int,
+    expected: int,
+) -> None:
+    _, accepted = call(api, post_event({"prompt": "a cat"}), lambda_context)
+
+    def failing(**kwargs: Any) -> Any:
+        raise client_error(code, http_status, "StopExecution")
+
+    monkeypatch.setattr(api.sfn(), "stop_execution", failing)
+
+    status, answer = call(api, get_event(accepted["execution_id"], method="DELETE"), lambda_context)
+
+    assert status == expected
+    assert answer["error"]["code"] == {404: "NOT_FOUND", 503: "SERVICE_UNAVAILABLE"}[expected]
+
+
+# --- GPU backpressure -----------------------------------------------------------------------
+
+
+@pytest.fixture
+def gpu_queue(api: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, str]:
+    """The API with GPU_MAX_BACKLOG=2 on an empty GPU queue; yields (api, queue_url)."""
+    queue_url = boto3.client("sqs").create_queue(QueueName="gpu-jobs")["QueueUrl"]
+    monkeypatch.setenv("GPU_QUEUE_URL", queue_url)
+    monkeypatch.setenv("GPU_MAX_BACKLOG", "2")
+    monkeypatch.setenv("GPU_BACKLOG_RETRY_AFTER_SECONDS", "45")
+    return import_function("api"), queue_url
+
+
+def put_jobs(queue_url: str, count: int) -> None:
+    for index in range(count):
+        boto3.client("sqs").send_message(QueueUrl=queue_url, MessageBody=f"job {index}")
+
+
+def test_gpu_job_is_accepted_while_the_backlog_is_below_the_limit(
+    gpu_queue: tuple[Any, str], lambda_context: Any
+) -> None:
+    api, queue_url = gpu_queue
+    put_jobs(queue_url, 1)
+
+    status, _ = call(api, post_event({"prompt": "a fox", "backend": "gpu"}), lambda_context)
+
+    assert status == 202
+
+
+def test_gpu_job_gets_429_with_retry_after_when_the_backlog_is_full(
+    gpu_queue: tuple[Any, str], lambda_context: Any
+) -> None:
+    api, queue_url = gpu_queue
+    put_jobs(queue_url, 2)
+
+    response = respond(api, post_event({"prompt": "a fox", "backend": "gpu"}), lambda_context)
+    bedrock_status, _ = call(api, post_event({"prompt": "a fox"}), lambda_context)
+
+    assert response["statusCode"] == 429
+    answer = json.loads(response["body"])
+    assert answer["error"]["code"] == "TOO_MANY_REQUESTS"
+    assert "GPU backlog is full" in answer["error"]["message"]
+    assert response["multiValueHeaders"]["Retry-After"] == ["45"]
+    assert bedrock_status == 202  # only the GPU backend is held back
+    executions = boto3.client("stepfunctions").list_executions(
+        stateMachineArn=api.settings.state_machine_arn
+    )["executions"]
+    assert len(executions) == 1
+
+
+def test_without_a_limit_the_gpu_queue_is_not_read(
+    api: Any, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("GPU_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/none")
+    fresh = import_function("api")  # GPU_MAX_BACKLOG unset: 0, no limit
+
+    status, _ = call(fresh, post_event({"prompt": "a fox", "backend": "gpu"}), lambda_context)
+
+    assert status == 202
+    assert fresh.sqs.cache_info().currsize == 0
+
+
+# --- The contract, all statuses at once ------------------------------------------------------
+
+
+def test_every_error_status_is_declared_and_in_the_error_shape(
+    api: Any, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each kind of refusal once; ``call`` checks each answer against the document."""
+    seen: set[int] = set()
+    for event in (
+        post_event("{not json"),
+        post_event({"prompt": "a fox"}, headers={"Content-Type": "text/plain"}),
+        post_event({"prompt": ""}),
+        get_event("no-such-job"),
+        get_event("no-such-job", method="DELETE"),
+    ):
+        seen.add(call(api, event, lambda_context)[0])
+    headers = {"Idempotency-Key": "k"}
+    call(api, post_event({"prompt": "a"}, headers=headers), lambda_context)
+    seen.add(call(api, post_event({"prompt": "b"}, headers=headers), lambda_context)[0])
+
+    def throttled(**kwargs: Any) -> Any:
+        raise client_error("ThrottlingException", 400, "DescribeExecution")
+
+    monkeypatch.setattr(api.sfn(), "describe_execution", throttled)
+    seen.add(call(api, get_event("some-job"), lambda_context)[0])
+    monkeypatch.setattr(api.sfn(), "describe_execution", None)  # calling None: a bug, 500
+    seen.add(call(api, get_event("some-job", method="DELETE"), lambda_context)[0])
+
+    assert seen == {400, 404, 409, 415, 422, 500, 503}
+
+
+def test_openapi_document_declares_every_error_as_error_response() -> None:
+    document = saved_openapi_document()
+    expected = {
+        ("post", "/generate"): {"202", "400", "409", "415", "422", "429", "500", "503"},
+        ("get", "/generate/{execution_id}"): {"200", "404", "429", "500", "503"},
+        ("delete", "/generate/{execution_id}"): {"202", "404", "409", "429", "500", "503"},
+    }
+    gateway = {"403", "413", "429", "504"}  # API Gateway's own answers, in the same shape
+
+    assert "HTTPValidationError" not in json.dumps(document)
+    for (method, path), statuses in expected.items():
+        responses = document["paths"][path][method]["responses"]
+        assert set(responses) == statuses | gateway
+        for status, response in responses.items():
+            if int(status) >= 400:
+                schema = response["content"]["application/json"]["schema"]
+                assert schema == {"$ref": "#/components/schemas/ErrorResponse"}
+            if status in {"429", "503"}:
+                assert "Retry-After" in response["headers"]
+    cancelling = document["components"]["schemas"]["JobCancellation"]["properties"]["status"]
+    assert {"type": "string", "const": "CANCELLING"} in cancelling["anyOf"]

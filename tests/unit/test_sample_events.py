@@ -117,6 +117,22 @@ def _describes(code: str) -> Any:
     return check
 
 
+def _fails_lost_jobs(handler: Any, event: dict[str, Any], context: Any) -> None:
+    # The token is unknown to this account (as for a task that already ended): settled, and the
+    # poison record is consumed too; nothing is left for a retry.
+    assert handler(event, context) == {"batchItemFailures": []}
+
+
+def _reports_cancel(handler: Any, event: dict[str, Any], context: Any) -> None:
+    detail = event["detail"]
+    boto3.client("stepfunctions").start_execution(
+        stateMachineArn=detail["stateMachineArn"], name=detail["name"], input=detail["input"]
+    )
+    published = handler(event, context)
+    assert published["detail_type"] == "Image Generation Cancelled"
+    assert published["detail"]["owner"] == "apikey:abc123"
+
+
 def _summarises(metric: str) -> Any:
     def check(handler: Any, event: dict[str, Any], context: Any) -> None:
         assert handler(event, context)["metric_name"] == metric
@@ -138,6 +154,8 @@ EXPECTATIONS: dict[str, Any] = {
     "create_presigned_urls_throttled.json": _raises("ModelThrottledError"),
     "describe_failure.json": _describes("CONTENT_FILTERED"),
     "describe_failure_gpu_timeout.json": _describes("TIMEOUT"),
+    "fail_lost_gpu_jobs.json": _fails_lost_jobs,
+    "report_job_ending.json": _reports_cancel,
     "image_events_subscriber.json": _summarises("ImagesDelivered"),
     "image_events_subscriber_failed.json": _summarises("FailuresDelivered"),
     "image_events_subscriber_cancelled.json": _summarises("CancellationsDelivered"),

@@ -11,19 +11,18 @@ import hashlib
 import json
 import re
 import uuid
-from datetime import UTC, datetime
-from typing import Any
+from http import HTTPStatus
+from typing import Any, Final, Literal
 
 from botocore.exceptions import ClientError
+from pydantic import BaseModel, Field
 
+from imagegen_common.api_errors import ApiRefusal
 from imagegen_common.models import (
-    EVENT_SOURCE,
-    IMAGE_GENERATION_CANCELLED,
     ErrorCode,
     ErrorInfo,
     ExecutionStatus,
     ImageGeneratedDetail,
-    ImageGenerationCancelledDetail,
     ImageView,
     Job,
     JobStatus,
@@ -51,19 +50,49 @@ STAGE_BY_STATE: dict[str, str] = {
 """What ``GET /generate/{id}`` reports as ``stage`` for each state of the workflow."""
 
 
-class JobNotFoundError(Exception):
-    """No job with this id belongs to the caller."""
+CANCELLING: Final = "CANCELLING"
+"""DELETE's answer while the stop is being applied: Step Functions still reads RUNNING."""
 
 
-class IdempotencyConflictError(Exception):
-    """An Idempotency-Key was reused with a different request."""
+class JobCancellation(BaseModel):
+    """Body of ``DELETE /generate/{execution_id}``'s 202."""
+
+    execution_id: str
+    status: ExecutionStatus | Literal["CANCELLING"] = Field(
+        description="The job's status after the stop: ABORTED once it is applied; CANCELLING "
+        "(DELETE's answer while the stop is being applied) while it still reads RUNNING; "
+        "or how the job ended if it ended on its own first."
+    )
 
 
-class JobNotRunningError(Exception):
-    """The job has already ended, so it cannot be cancelled."""
+class JobNotFoundError(ApiRefusal):
+    """No job with this id belongs to the caller (404, for other callers' jobs too)."""
+
+    code = ErrorCode.NOT_FOUND
+    http_status = HTTPStatus.NOT_FOUND
+
+    def __init__(self, execution_id: str) -> None:
+        super().__init__(f"no job {execution_id}")
+        self.execution_id = execution_id
+
+
+class IdempotencyConflictError(ApiRefusal):
+    """An Idempotency-Key was reused with a different request (409)."""
+
+    code = ErrorCode.CONFLICT
+    http_status = HTTPStatus.CONFLICT
+
+
+class JobNotRunningError(ApiRefusal):
+    """The job has already ended, so it cannot be cancelled (409)."""
+
+    code = ErrorCode.CONFLICT
+    http_status = HTTPStatus.CONFLICT
 
     def __init__(self, status: ExecutionStatus) -> None:
-        super().__init__(f"the job has already ended with status {status.value}")
+        super().__init__(
+            f"the job has already ended with status {status.value}; there is nothing to cancel"
+        )
         self.status = status
 
 
@@ -137,40 +166,32 @@ def job_status(
     return result
 
 
-def cancel_job(
-    sfn: Any,
-    events: Any,
-    state_machine_arn: str,
-    execution_id: str,
-    owner: str,
-    event_bus_name: str,
-    event_source: str = EVENT_SOURCE,
-) -> JobStatus:
-    """Stop a running job and tell subscribers with an "Image Generation Cancelled" event."""
+def cancel_job(sfn: Any, state_machine_arn: str, execution_id: str, owner: str) -> JobCancellation:
+    """Stop a running job; the status it reads afterwards, CANCELLING while the stop is applied.
+
+    Nothing is announced here: the "Image Generation Cancelled" event comes from the execution's
+    own status change, once, however many times DELETE is called.
+    """
     execution = _owned_execution(sfn, state_machine_arn, execution_id, owner)
     status = ExecutionStatus(execution["status"])
     if status is not ExecutionStatus.RUNNING:
         raise JobNotRunningError(status)
-    sfn.stop_execution(
-        executionArn=execution["executionArn"],
-        error="Cancelled",
-        cause="cancelled by its owner through DELETE /generate/{execution_id}",
+    try:
+        sfn.stop_execution(
+            executionArn=execution["executionArn"],
+            error="Cancelled",
+            cause="cancelled by its owner through DELETE /generate/{execution_id}",
+        )
+    except ClientError as error:
+        if error.response["Error"]["Code"] == "ExecutionDoesNotExist":
+            raise JobNotFoundError(execution_id) from error
+        raise
+    # AWS applies a stop at once; moto (and any stop racing a state's end) may still read RUNNING.
+    now = ExecutionStatus(_describe(sfn, state_machine_arn, execution_id)["status"])
+    return JobCancellation(
+        execution_id=execution_id,
+        status=CANCELLING if now is ExecutionStatus.RUNNING else now,
     )
-    detail = ImageGenerationCancelledDetail(
-        execution_id=execution_id, owner=owner, cancelled_at=datetime.now(UTC)
-    )
-    events.put_events(
-        Entries=[
-            {
-                "EventBusName": event_bus_name,
-                "Source": event_source,
-                "DetailType": IMAGE_GENERATION_CANCELLED,
-                "Detail": detail.model_dump_json(),
-            }
-        ]
-    )
-    stopped = _describe(sfn, state_machine_arn, execution_id)
-    return JobStatus(execution_id=execution_id, status=ExecutionStatus(stopped["status"]))
 
 
 def _describe(sfn: Any, state_machine_arn: str, execution_id: str) -> dict[str, Any]:

@@ -44,17 +44,36 @@ class ExecutionStatus(StrEnum):
 
 
 class ErrorCode(StrEnum):
-    """Machine-readable failure codes, shared by the API, failure events and image outcomes."""
+    """Machine-readable error codes, shared by the API, failure events and image outcomes.
 
-    VALIDATION_ERROR = "VALIDATION_ERROR"
+    The first group are what a job can fail with (failure events, ``GET /generate/{id}``); the
+    second are what the API and the gateway answer a request with, in the one error shape
+    ``{"error": {"code", "message", "fields"?}}`` (:class:`ErrorResponse`).
+    """
+
+    # A job's failure.
     INVALID_PROMPT = "INVALID_PROMPT"
     CONTENT_FILTERED = "CONTENT_FILTERED"
     MODEL_THROTTLED = "MODEL_THROTTLED"
     MODEL_ERROR = "MODEL_ERROR"
     MODEL_UNAVAILABLE = "MODEL_UNAVAILABLE"
     INVALID_JOB = "INVALID_JOB"
+    WORKER_LOST = "WORKER_LOST"
     TIMEOUT = "TIMEOUT"
     INTERNAL_ERROR = "INTERNAL_ERROR"
+    # A request's refusal.
+    VALIDATION_ERROR = "VALIDATION_ERROR"
+    UNSUPPORTED_MEDIA_TYPE = "UNSUPPORTED_MEDIA_TYPE"
+    PAYLOAD_TOO_LARGE = "PAYLOAD_TOO_LARGE"
+    REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
+    NOT_FOUND = "NOT_FOUND"
+    METHOD_NOT_ALLOWED = "METHOD_NOT_ALLOWED"
+    CONFLICT = "CONFLICT"
+    UNAUTHORIZED = "UNAUTHORIZED"
+    FORBIDDEN = "FORBIDDEN"
+    TOO_MANY_REQUESTS = "TOO_MANY_REQUESTS"
+    SERVICE_UNAVAILABLE = "SERVICE_UNAVAILABLE"
+    GATEWAY_TIMEOUT = "GATEWAY_TIMEOUT"
 
 
 Prompt = Annotated[
@@ -120,6 +139,11 @@ class Job(BaseModel):
     fallback_backend: FallbackBackend = FallbackBackend.NONE
     bucket: str | None = None
     images: list[ImageSlot] = Field(default_factory=list)
+    gpu_timeout_seconds: int | None = Field(
+        default=None,
+        description="The GPU branch's deadline in seconds, queue wait plus generation: the "
+        '"Generate on GPU" state\'s TimeoutSecondsPath. Set by "Validate Prompt".',
+    )
 
 
 class TaskError(BaseModel):
@@ -134,6 +158,31 @@ class TaskError(BaseModel):
 class ErrorInfo(BaseModel):
     code: ErrorCode
     message: str
+
+
+class FieldError(BaseModel):
+    """One bad field of a request: where it is, which rule it broke, in words."""
+
+    field: str = Field(description="Dotted path of the field, e.g. 'prompt' or 'webhook.url'.")
+    in_: str = Field(default="body", alias="in", description="body, path, query or header.")
+    rule: str = Field(description="The rule broken, e.g. 'string_too_short', 'json_depth'.")
+    message: str
+
+    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+
+
+class ApiError(BaseModel):
+    code: ErrorCode
+    message: str
+    fields: list[FieldError] | None = Field(
+        default=None, description="For VALIDATION_ERROR: each bad field with the rule it broke."
+    )
+
+
+class ErrorResponse(BaseModel):
+    """The body of every error the API answers, from any route, method or layer."""
+
+    error: ApiError
 
 
 class ImageOutcome(BaseModel):

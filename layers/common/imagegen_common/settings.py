@@ -52,6 +52,11 @@ class GenerationSettings(ImagesSettings):
     )
     default_size: str = "1024x1024"
     gpu_default_size: str = "512x512"
+    gpu_job_timeout_seconds: int = Field(
+        default=900,
+        ge=5,
+        description="The GPU branch's deadline, queue wait plus generation (GpuJobTimeoutSeconds).",
+    )
     blocked_prompt_terms: CsvList = Field(default_factory=list)
     bedrock_region: str | None = Field(
         default=None, description="Region to call Bedrock in; the function's own when unset."
@@ -71,7 +76,18 @@ class EventsSettings(BaseSettings):
     event_source: str = "imagegen"
 
 
-class ApiSettings(GenerationSettings, EventsSettings):
-    """The API function: everything above plus the state machine it starts."""
+class ApiSettings(GenerationSettings):
+    """The API function: what a job may ask for, the state machine it starts, GPU backpressure."""
 
     state_machine_arn: str
+    gpu_queue_url: str | None = Field(
+        default=None, description="The GPU job queue, whose backlog POST /generate checks."
+    )
+    gpu_max_backlog: int = Field(
+        default=0,
+        ge=0,
+        description="GPU jobs waiting in the queue above which POST answers 429; 0: no limit.",
+    )
+    gpu_backlog_retry_after_seconds: int = Field(
+        default=30, ge=1, description="Retry-After of a 429 for a full GPU backlog."
+    )
