@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_ID = "stabilityai/sd-turbo"
@@ -76,15 +76,38 @@ class Settings(BaseSettings):
         ge=1,
         le=43_200,
         description="Visibility given to received messages and re-extended while they are "
-        "worked on; keep it below the state's HeartbeatSeconds (120) so a crashed worker's "
-        "job reappears while its task token is still alive.",
+        "worked on: how long after a worker dies its jobs reappear for another worker.",
     )
     heartbeat_interval_seconds: float = Field(
-        default=20.0, gt=0, description="SendTaskHeartbeat and visibility extension period."
+        default=20.0,
+        gt=0,
+        description="Period of the visibility extension and of SendTaskHeartbeat (which tells "
+        "the worker that a task has ended); at most a third of the visibility timeout.",
+    )
+    error_backoff_seconds: float = Field(
+        default=1.0,
+        gt=0,
+        le=30,
+        description="Pause after a failed poll round; doubles with each failure in a row, up "
+        "to 30 s.",
     )
     liveness_file: str | None = Field(
         default=None, description="A file the worker touches after each poll (liveness probe)."
     )
+
+    @model_validator(mode="after")
+    def _extension_well_within_visibility(self) -> Settings:
+        # A message whose visibility runs out while its job is worked on is taken by another
+        # worker. With the extension at most every third of the timeout, one failed or late
+        # extension still leaves the message hidden until the next one.
+        if self.heartbeat_interval_seconds * 3 > self.visibility_timeout_seconds:
+            raise ValueError(
+                f"HEARTBEAT_INTERVAL_SECONDS ({self.heartbeat_interval_seconds:g}) must be at "
+                f"most a third of VISIBILITY_TIMEOUT_SECONDS "
+                f"({self.visibility_timeout_seconds}), so a message in work stays hidden "
+                "through one failed visibility extension"
+            )
+        return self
 
 
 @lru_cache(maxsize=1)

@@ -1,33 +1,48 @@
 """The queue face: the workflow's GPU branch.
 
 The state machine's "Generate on GPU" state sends a ``GpuJobMessage`` to the GPU job queue with
-``sqs:sendMessage.waitForTaskToken`` and waits. This worker long-polls that queue, generates the
-images of the jobs in hand in batches, writes each PNG to ``s3://bucket/slot.s3_key`` and answers
-``SendTaskSuccess(GenerationResult)``; a bad job gets ``SendTaskFailure(INVALID_JOB)``.
+``sqs:sendMessage.waitForTaskToken`` and waits, with one deadline for queue wait plus generation
+(the job's ``gpu_timeout_seconds``) and no ``HeartbeatSeconds``: time spent waiting in the queue
+(scaling from zero takes minutes) must not read as a dead worker. This worker long-polls that
+queue, generates the images of the jobs in hand in batches, writes each PNG to
+``s3://bucket/slot.s3_key`` and answers ``SendTaskSuccess(GenerationResult)``; a bad job gets
+``SendTaskFailure(INVALID_JOB)``.
+
+Liveness comes from SQS, not from Step Functions:
+- a received message is invisible to other workers for ``VISIBILITY_TIMEOUT_SECONDS``; while the
+  worker holds it, it extends that visibility every ``HEARTBEAT_INTERVAL_SECONDS`` (at most a third
+  of the timeout, so one failed extension does not expose the message);
+- if the worker dies, the extensions stop, the message reappears after the visibility timeout and
+  another worker redoes the job (S3 writes are idempotent); after the queue's ``maxReceiveCount``
+  receives the redrive policy moves it to the dead-letter queue, whose function fails the task
+  with ``WORKER_LOST``;
+- the worker still sends ``SendTaskHeartbeat`` (on receipt, with every extension and again just
+  before a batch that a job has waited for), only to learn that the task has ended: stopped or
+  timed out, Step Functions answers ``TaskTimedOut``, ``InvalidToken`` or ``TaskDoesNotExist``; the
+  job is then dropped before more GPU time is spent on it, and its message is deleted.
 
 What keeps jobs from being lost:
 - a message is deleted only once its task has been reported (or the task no longer exists);
-- while it works the worker sends ``SendTaskHeartbeat`` and extends the messages' visibility
-  every ``HEARTBEAT_INTERVAL_SECONDS``; if it dies, the messages reappear after
-  ``VISIBILITY_TIMEOUT_SECONDS`` (below the state's HeartbeatSeconds, so the token is still
-  alive) and another worker does the job;
-- on SIGTERM it finishes the batch in hand, hands back messages it received but did not start
-  (visibility 0) and stops.
+- on SIGTERM it finishes the batch in hand (and the jobs it has started), hands back messages it
+  received but did not start (visibility 0) and stops.
 
-A message that is not a ``GpuJobMessage`` and has no ``task_token`` cannot be answered: it is
-logged and left on the queue, so the queue's redrive policy moves it to the dead-letter queue
-where it can be inspected (deleting it would destroy the only evidence; the execution that sent
-it, if any, fails on its heartbeat timeout).
+Nothing a message contains can stop the worker: each message is parsed and handled on its own,
+with pydantic's JSON parser (bounded nesting, bounded numbers, no recursion in Python). A message
+that is not a ``GpuJobMessage`` and yields no ``task_token`` cannot be answered: it is logged
+(truncated) and left on the queue, so the redrive policy moves it to the dead-letter queue where it
+can be inspected (deleting it would destroy the only evidence). One with a token but a bad job
+fails that task with ``INVALID_JOB`` and is deleted. An exception in one round of the poll loop or
+of the heartbeat thread is logged and the loop goes on.
 
     python -m gpu_service.worker            # GPU_QUEUE_URL, IMAGES_BUCKET, MODEL_ID, ...
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,8 +50,8 @@ from typing import Any
 
 import boto3
 from botocore.config import Config
-from botocore.exceptions import ClientError
-from pydantic import ValidationError
+from botocore.exceptions import ClientError, ParamValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from gpu_service.cli import settings_from_command_line
 from gpu_service.engine import Engine, ImageSpec, load_ready_engine, plan_batches
@@ -54,7 +69,102 @@ logger = logging.getLogger(__name__)
 
 # Answers meaning the task is gone (finished, stopped or timed out): drop the job.
 _TASK_GONE = {"TaskTimedOut", "InvalidToken", "TaskDoesNotExist"}
-_CAUSE_LIMIT = 32_768
+_CAUSE_LIMIT = 32_768  # SendTaskFailure's limit on the cause
+MAX_BODY_CHARACTERS = 1_048_576
+"""SQS's own limit on a message body (1 MiB): anything longer did not come from the queue."""
+_S3_KEY_BYTES = 1024
+_LOGGED_CHARACTERS = 160  # of a message body or a problem, in a log line
+_LISTED_PROBLEMS = 10  # validation problems named in a cause
+_MAX_ERROR_BACKOFF_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class ParsedBody:
+    """What could be read from a message body: the job message, or its token and what is wrong.
+
+    ``token`` is set whenever one could be extracted safely; ``problem`` whenever the body is not
+    a valid ``GpuJobMessage``.
+    """
+
+    envelope: GpuJobMessage | None
+    token: str | None
+    problem: str | None
+
+
+class _TaskTokenOnly(BaseModel):
+    """Reads only the token from a body whose job is bad (other fields are ignored)."""
+
+    task_token: str = Field(min_length=1)
+
+
+def parse_body(body: object) -> ParsedBody:
+    """Parse a message body without raising, whatever it holds (any size, depth, type, encoding).
+
+    pydantic's JSON parser (jiter, in Rust) is used rather than ``json.loads``: nesting deeper
+    than its limit (200) and integers longer than Python's digit limit are reported as invalid
+    JSON instead of raising ``RecursionError`` or ``ValueError`` in the middle of the loop.
+    """
+    if not isinstance(body, str | bytes):
+        return ParsedBody(None, None, f"the body is a {type(body).__name__}, not text")
+    if len(body) > MAX_BODY_CHARACTERS:
+        return ParsedBody(None, None, f"the body is longer than {MAX_BODY_CHARACTERS} characters")
+    try:
+        envelope = GpuJobMessage.model_validate_json(body)
+    except ValidationError as error:
+        problem = _summarise(error)
+    except (ValueError, RecursionError) as error:  # not expected from pydantic; never fatal
+        return ParsedBody(None, None, f"unreadable body: {type(error).__name__}")
+    else:
+        if not envelope.task_token:
+            return ParsedBody(None, None, "invalid GPU job message: task_token is empty")
+        return ParsedBody(envelope, envelope.task_token, None)
+    try:
+        token: str | None = _TaskTokenOnly.model_validate_json(body).task_token
+    except (ValueError, RecursionError):  # ValidationError is a ValueError
+        token = None
+    return ParsedBody(None, token, problem)
+
+
+def _summarise(error: ValidationError) -> str:
+    problems = error.errors(include_url=False, include_input=False)
+    named = [
+        f"{'.'.join(_short(str(part), 60) for part in item['loc']) or 'body'}: "
+        f"{_short(item['msg'], 200)}"
+        for item in problems[:_LISTED_PROBLEMS]
+    ]
+    more = len(problems) - len(named)
+    return "invalid GPU job message: " + "; ".join(named) + (f"; and {more} more" if more else "")
+
+
+def _short(text: str, limit: int = _LOGGED_CHARACTERS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _preview(body: object) -> str:
+    """A log-safe glimpse of a body: its start, escaped, and its length when cut."""
+    if not isinstance(body, str | bytes):
+        return f"<{type(body).__name__}>"
+    shown = repr(body[:_LOGGED_CHARACTERS])
+    return shown if len(body) <= _LOGGED_CHARACTERS else f"{shown}... ({len(body)} characters)"
+
+
+def _client_error_code(error: ClientError) -> str:
+    return str(error.response.get("Error", {}).get("Code", ""))
+
+
+@dataclass
+class _Received:
+    message: dict[str, Any]
+    parsed: ParsedBody
+
+    @property
+    def message_id(self) -> str:
+        return _short(str(self.message.get("MessageId", "?")), 80)
+
+    @property
+    def receive_count(self) -> str:
+        attributes = self.message.get("Attributes") or {}
+        return str(attributes.get("ApproximateReceiveCount", "?"))
 
 
 @dataclass
@@ -64,10 +174,17 @@ class _JobInHand:
     token: str
     job: Job
     bucket: str
+    checked_at: float  # time.monotonic() of the last heartbeat that found the task alive
     outcomes: dict[int, ImageOutcome] = field(default_factory=dict)
     failure: tuple[ErrorCode, str] | None = None
-    retry: bool = False
-    done: bool = False
+    retry: bool = False  # leave the message to reappear and be redone
+    gone: bool = False  # the task has ended: drop the job, delete the message
+    started: bool = False  # some of its images went into a pipeline call
+    done: bool = False  # reported, dropped or handed back: nothing more to do
+
+    @property
+    def live(self) -> bool:
+        return not (self.done or self.gone or self.retry or self.failure is not None)
 
 
 @dataclass(frozen=True)
@@ -75,26 +192,6 @@ class _Item:
     job: _JobInHand
     slot: ImageSlot
     spec: ImageSpec
-
-
-def _client_error_code(error: ClientError) -> str:
-    return str(error.response.get("Error", {}).get("Code", ""))
-
-
-def _token_of(body: str) -> str | None:
-    try:
-        data = json.loads(body)
-    except ValueError:
-        return None
-    token = data.get("task_token") if isinstance(data, dict) else None
-    return token if isinstance(token, str) and token else None
-
-
-def _summarise(error: ValidationError) -> str:
-    problems = [
-        f"{'.'.join(str(part) for part in item['loc'])}: {item['msg']}" for item in error.errors()
-    ]
-    return "invalid GPU job message: " + "; ".join(problems)
 
 
 class Worker:
@@ -121,34 +218,68 @@ class Worker:
 
     # --- Loop ---------------------------------------------------------------------------------
     def run(self, stop: threading.Event) -> None:
+        """Poll until ``stop`` is set. A failed round is logged and retried after a pause that
+        doubles with each failure in a row (up to 30 s); nothing ends the loop but ``stop``."""
         logger.info("worker polling %s", self.queue_url)
         liveness = Path(self.settings.liveness_file) if self.settings.liveness_file else None
+        if liveness is not None:
+            self._touch(liveness)  # ready: the model is loaded and polling begins
+        failures_in_a_row = 0
         while not stop.is_set():
             try:
                 self.poll_once(stop)
-            except ClientError:
-                logger.exception("queue poll failed; retrying")
-                stop.wait(self.settings.heartbeat_interval_seconds / 4)
+                failures_in_a_row = 0
+            except Exception:
+                failures_in_a_row += 1
+                pause = min(
+                    self.settings.error_backoff_seconds * 2 ** min(failures_in_a_row - 1, 10),
+                    _MAX_ERROR_BACKOFF_SECONDS,
+                )
+                logger.exception(
+                    "poll round failed (%d in a row); polling again in %.1f s",
+                    failures_in_a_row,
+                    pause,
+                )
+                stop.wait(pause)
             if liveness is not None:
-                liveness.touch()
+                self._touch(liveness)
         logger.info("worker stopped")
+
+    @staticmethod
+    def _touch(liveness: Path) -> None:
+        try:
+            liveness.touch()
+        except OSError:
+            logger.exception("could not touch the liveness file %s", liveness)
 
     def poll_once(self, stop: threading.Event | None = None) -> int:
         """Receive one round of messages and do their jobs; returns how many messages came."""
-        messages = self._receive(self.settings.receive_wait_seconds)
-        if messages and self._images_in(messages) < self.settings.max_batch:
-            messages += self._receive(0)  # top up the batch with whatever else is waiting
-        if not messages:
+        received = self._receive(self.settings.receive_wait_seconds)
+        if received and self._images_in(received) < self.settings.max_batch:
+            received += self._receive(0)  # top up the batch with whatever else is waiting
+        if not received:
             return 0
         if stop is not None and stop.is_set():
-            self._release(messages)
-            return len(messages)
-        jobs = [job for job in (self._accept(message) for message in messages) if job]
+            self._release([item.message.get("ReceiptHandle") for item in received])
+            return len(received)
+        jobs: list[_JobInHand] = []
+        for item in received:
+            try:
+                job = self._accept(item)
+            except Exception:
+                # Whatever went wrong stays with this message: it reappears, and after
+                # maxReceiveCount receives the queue moves it to the dead-letter queue.
+                logger.exception(
+                    "message %s could not be handled; left on the queue", item.message_id
+                )
+                continue
+            if job is not None:
+                jobs.append(job)
         if jobs:
-            self._work(jobs)
-        return len(messages)
+            self._work(jobs, stop)
+        return len(received)
 
-    def _receive(self, wait_seconds: int) -> list[dict[str, Any]]:
+    def _receive(self, wait_seconds: int) -> list[_Received]:
         response = self._sqs.receive_message(
             QueueUrl=self.queue_url,
             MaxNumberOfMessages=self.settings.max_messages,
@@ -156,61 +287,68 @@ class Worker:
             VisibilityTimeout=self.settings.visibility_timeout_seconds,
             MessageSystemAttributeNames=["ApproximateReceiveCount"],
         )
-        return list(response.get("Messages", []))
+        return [
+            _Received(message, parse_body(message.get("Body")))
+            for message in response.get("Messages", [])
+        ]
 
     @staticmethod
-    def _images_in(messages: Sequence[dict[str, Any]]) -> int:
-        total = 0
-        for message in messages:
-            try:
-                total += len(json.loads(message["Body"])["job"]["images"])
-            except (ValueError, KeyError, TypeError):
-                continue
-        return total
+    def _images_in(received: Sequence[_Received]) -> int:
+        return sum(
+            len(item.parsed.envelope.job.images)
+            for item in received
+            if item.parsed.envelope is not None
+        )
 
-    def _release(self, messages: Sequence[dict[str, Any]]) -> None:
+    def _release(self, receipt_handles: Sequence[object]) -> None:
         """Make messages we will not work on visible again at once (shutdown)."""
-        for message in messages:
+        for receipt_handle in receipt_handles:
+            self._change_visibility(receipt_handle, 0)
+        logger.info("stopping: released %d unstarted messages", len(receipt_handles))
+
+    def _change_visibility(self, receipt_handle: object, seconds: int) -> None:
+        try:
             self._sqs.change_message_visibility(
-                QueueUrl=self.queue_url,
-                ReceiptHandle=message["ReceiptHandle"],
-                VisibilityTimeout=0,
+                QueueUrl=self.queue_url, ReceiptHandle=receipt_handle, VisibilityTimeout=seconds
             )
-        logger.info("stopping: released %d unstarted messages", len(messages))
+        except Exception:
+            logger.exception("changing a message's visibility to %d s failed", seconds)
 
     # --- Accept -------------------------------------------------------------------------------
-    def _accept(self, message: dict[str, Any]) -> _JobInHand | None:
-        body = message.get("Body", "")
-        message_id = message.get("MessageId", "?")
-        try:
-            envelope = GpuJobMessage.model_validate_json(body)
-        except ValidationError as error:
-            token = _token_of(body)
-            if token is None:
+    def _accept(self, received: _Received) -> _JobInHand | None:
+        parsed, message = received.parsed, received.message
+        receipt_handle = str(message["ReceiptHandle"])
+        if parsed.envelope is None:
+            if parsed.token is None:
                 logger.error(
-                    "message %s is not a GPU job and has no task_token: left for the DLQ (%s)",
-                    message_id,
-                    _summarise(error),
+                    "message %s (receive %s) is not a GPU job and has no task_token: left for "
+                    "the dead-letter queue. %s. Body: %s",
+                    received.message_id,
+                    received.receive_count,
+                    _short(parsed.problem or ""),
+                    _preview(message.get("Body")),
                 )
                 return None
-            self._fail(token, ErrorCode.INVALID_JOB, _summarise(error))
-            self._delete(message["ReceiptHandle"])
+            logger.warning(
+                "message %s: %s", received.message_id, _short(parsed.problem or "invalid job")
+            )
+            self._reject(parsed.token, receipt_handle, parsed.problem or "invalid GPU job message")
             return None
-        job = envelope.job
+        job = parsed.envelope.job
         problem = self._problem_with(job)
         if problem is not None:
-            logger.warning("job %s is invalid: %s", job.job_id, problem)
-            self._fail(envelope.task_token, ErrorCode.INVALID_JOB, problem)
-            self._delete(message["ReceiptHandle"])
+            logger.warning("job %s is invalid: %s", _short(job.job_id, 80), problem)
+            self._reject(parsed.envelope.task_token, receipt_handle, problem)
             return None
         in_hand = _JobInHand(
-            message_id=message_id,
-            receipt_handle=message["ReceiptHandle"],
-            token=envelope.task_token,
+            message_id=received.message_id,
+            receipt_handle=receipt_handle,
+            token=parsed.envelope.task_token,
             job=job,
             bucket=job.bucket or self.settings.images_bucket or "",
+            checked_at=time.monotonic(),
         )
-        # A heartbeat at once: a redelivered job resets the clock, a stopped one shows up now.
+        # A heartbeat at once: a job whose task has ended (stopped, timed out) shows up now.
         if not self._heartbeat(in_hand):
             self._delete(in_hand.receipt_handle)
             return None
@@ -220,9 +358,14 @@ class Worker:
             len(job.images),
             job.width,
             job.height,
-            message.get("Attributes", {}).get("ApproximateReceiveCount", "?"),
+            received.receive_count,
         )
         return in_hand
+
+    def _reject(self, token: str, receipt_handle: str, problem: str) -> None:
+        """Fail the task with INVALID_JOB; delete the message once that is reported."""
+        if self._fail(token, ErrorCode.INVALID_JOB, problem):
+            self._delete(receipt_handle)
 
     def _problem_with(self, job: Job) -> str | None:
         if job.width is None or job.height is None:
@@ -236,12 +379,15 @@ class Worker:
             return "job.images is empty"
         if len({slot.index for slot in job.images}) != len(job.images):
             return "job.images has repeated indexes"
+        for slot in job.images:
+            if not 1 <= len(slot.s3_key.encode("utf-8", "surrogatepass")) <= _S3_KEY_BYTES:
+                return f"job.images[{slot.index}].s3_key must be 1 to {_S3_KEY_BYTES} bytes"
         if not (job.bucket or self.settings.images_bucket):
             return "job.bucket is null and the worker has no IMAGES_BUCKET"
         return None
 
     # --- Work ---------------------------------------------------------------------------------
-    def _work(self, jobs: list[_JobInHand]) -> None:
+    def _work(self, jobs: list[_JobInHand], stop: threading.Event | None = None) -> None:
         items = [
             _Item(job, slot, self._spec(job.job, slot)) for job in jobs for slot in job.job.images
         ]
@@ -251,19 +397,37 @@ class Worker:
         )
         heartbeat.start()
         try:
+            previous_batch_started: float | None = None
             for batch in plan_batches(
                 items, lambda item: item.spec.batch_key, self.settings.max_batch
             ):
+                if stop is not None and stop.is_set() and not any(i.job.started for i in batch):
+                    continue  # stopping: only jobs already started are finished
+                if previous_batch_started is not None:
+                    self._check_tasks_before(batch, previous_batch_started)
+                previous_batch_started = time.monotonic()
                 self._run_batch(batch)
                 for job in {id(item.job): item.job for item in batch}.values():
                     if self._finished(job):
-                        self._report(job)
+                        self._report_safely(job)
         finally:
             stop_heartbeat.set()
             heartbeat.join()
+        unstarted = [job for job in jobs if not job.done and job.live and not job.started]
+        if unstarted:  # only when stopping: every batch runs otherwise
+            self._release([job.receipt_handle for job in unstarted])
+            for job in unstarted:
+                job.done = True
         for job in jobs:
             if not job.done:  # e.g. a failure that left some of its images unmade
-                self._report(job)
+                self._report_safely(job)
+
+    def _check_tasks_before(self, batch: list[_Item], previous_batch_started: float) -> None:
+        """Heartbeat the jobs of ``batch`` that waited through an earlier batch: a task that
+        ended meanwhile (stopped, timed out) is dropped before the GPU works on it."""
+        for job in {id(item.job): item.job for item in batch}.values():
+            if job.live and job.checked_at < previous_batch_started and not self._heartbeat(job):
+                job.gone = True
 
     def _spec(self, job: Job, slot: ImageSlot) -> ImageSpec:
         assert job.width is not None and job.height is not None  # checked in _problem_with
@@ -278,44 +442,80 @@ class Worker:
         )
 
     def _run_batch(self, batch: list[_Item]) -> None:
-        live = [item for item in batch if item.job.failure is None and not item.job.retry]
+        live = [item for item in batch if item.job.live]
         if not live:
             return
+        for item in live:
+            item.job.started = True
+        for item, png in self._generate(live):
+            self._store(item, png)
+
+    def _generate(self, items: list[_Item]) -> list[tuple[_Item, bytes]]:
+        """One pipeline call for ``items``. If it fails and several jobs share it, each job is
+        tried alone, so one job that breaks the pipeline does not fail the others."""
         try:
-            pngs = self.engine.generate([item.spec for item in live])
+            return list(zip(items, self.engine.generate([i.spec for i in items]), strict=True))
         except Exception as error:
-            logger.exception("batch of %d images failed", len(live))
-            for item in live:
-                item.job.failure = (ErrorCode.MODEL_ERROR, f"{type(error).__name__}: {error}")
-            return
-        for item, png in zip(live, pngs, strict=True):
-            try:
-                self._s3.put_object(
-                    Bucket=item.job.bucket, Key=item.slot.s3_key, Body=png, ContentType="image/png"
+            jobs = {id(item.job): item.job for item in items}
+            if len(jobs) > 1:
+                logger.exception(
+                    "batch of %d images of %d jobs failed; trying each job alone",
+                    len(items),
+                    len(jobs),
                 )
-            except ClientError:
-                # Transient or permissions: leave the message to reappear and be redone.
-                logger.exception("writing s3://%s/%s failed", item.job.bucket, item.slot.s3_key)
-                item.job.retry = True
-                continue
-            item.job.outcomes[item.slot.index] = ImageOutcome(
-                index=item.slot.index,
-                seed=item.slot.seed,
-                bucket=item.job.bucket,
-                s3_key=item.slot.s3_key,
-                width=item.spec.width,
-                height=item.spec.height,
+                return [
+                    made
+                    for key in jobs
+                    for made in self._generate([item for item in items if id(item.job) == key])
+                ]
+            job = items[0].job
+            logger.exception("job %s: %d images failed", job.job.job_id, len(items))
+            job.failure = (ErrorCode.MODEL_ERROR, f"{type(error).__name__}: {error}")
+            return []
+
+    def _store(self, item: _Item, png: bytes) -> None:
+        job = item.job
+        try:
+            self._s3.put_object(
+                Bucket=job.bucket, Key=item.slot.s3_key, Body=png, ContentType="image/png"
             )
+        except ParamValidationError as error:  # a bucket name S3 cannot have: the job's fault
+            job.failure = (ErrorCode.INVALID_JOB, f"cannot write s3://{job.bucket}: {error}")
+            return
+        except Exception:
+            # Transient or permissions: leave the message to reappear and be redone.
+            logger.exception("writing s3://%s/%s failed", job.bucket, item.slot.s3_key)
+            job.retry = True
+            return
+        job.outcomes[item.slot.index] = ImageOutcome(
+            index=item.slot.index,
+            seed=item.slot.seed,
+            bucket=job.bucket,
+            s3_key=item.slot.s3_key,
+            width=item.spec.width,
+            height=item.spec.height,
+        )
 
     @staticmethod
     def _finished(job: _JobInHand) -> bool:
-        return job.failure is not None or job.retry or len(job.outcomes) == len(job.job.images)
+        return not job.live or len(job.outcomes) == len(job.job.images)
 
     # --- Report -------------------------------------------------------------------------------
+    def _report_safely(self, job: _JobInHand) -> None:
+        try:
+            self._report(job)
+        except Exception:
+            logger.exception("reporting job %s failed; its message will reappear", job.job.job_id)
+            job.done = True
+
     def _report(self, job: _JobInHand) -> None:
         if job.done:
             return
         job.done = True
+        if job.gone:
+            self._delete(job.receipt_handle)
+            logger.warning("job %s dropped: its task has ended", job.job.job_id)
+            return
         if job.retry:
             logger.warning("job %s left on the queue to be redone", job.job.job_id)
             return
@@ -356,14 +556,22 @@ class Worker:
                 return True
             logger.exception("reporting the task failed; the message will reappear")
             return False
+        except Exception:
+            logger.exception("reporting the task failed; the message will reappear")
+            return False
         return True
 
     def _delete(self, receipt_handle: str) -> None:
-        self._sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=receipt_handle)
+        try:
+            self._sqs.delete_message(QueueUrl=self.queue_url, ReceiptHandle=receipt_handle)
+        except Exception:
+            # The task is settled: a redelivered copy finds it gone at its first heartbeat.
+            logger.exception("deleting a settled message failed; it will reappear")
 
     # --- Keep alive ---------------------------------------------------------------------------
     def _heartbeat(self, job: _JobInHand) -> bool:
         """False when the task is gone (stopped, timed out): the job must be dropped."""
+        asked_at = time.monotonic()
         try:
             self._sfn.send_task_heartbeat(taskToken=job.token)
         except ClientError as error:
@@ -371,23 +579,28 @@ class Worker:
                 logger.warning("job %s: task gone (%s)", job.job.job_id, _client_error_code(error))
                 return False
             logger.exception("heartbeat for job %s failed", job.job.job_id)
+            return True
+        except Exception:
+            logger.exception("heartbeat for job %s failed", job.job.job_id)
+            return True
+        job.checked_at = asked_at
         return True
 
     def _keep_alive(self, jobs: list[_JobInHand], stop: threading.Event) -> None:
+        """Until ``stop``: every interval, extend the visibility of the messages in hand and ask
+        whether their tasks still exist. Nothing raised here ends the thread."""
         while not stop.wait(self.settings.heartbeat_interval_seconds):
             for job in jobs:
-                if job.done:
+                if job.done or job.gone:
                     continue
-                if not self._heartbeat(job):
-                    job.failure = (ErrorCode.TIMEOUT, "task no longer exists")
                 try:
-                    self._sqs.change_message_visibility(
-                        QueueUrl=self.queue_url,
-                        ReceiptHandle=job.receipt_handle,
-                        VisibilityTimeout=self.settings.visibility_timeout_seconds,
+                    self._change_visibility(
+                        job.receipt_handle, self.settings.visibility_timeout_seconds
                     )
-                except ClientError:
-                    logger.exception("extending visibility of job %s failed", job.job.job_id)
+                    if not self._heartbeat(job):
+                        job.gone = True
+                except Exception:
+                    logger.exception("keeping job %s alive failed", job.job.job_id)
 
 
 def run_worker(settings: Settings, stop: threading.Event, engine: Engine | None = None) -> None:

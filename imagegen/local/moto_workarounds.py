@@ -33,6 +33,7 @@ import json
 import logging
 import re
 import threading
+import time
 import zipfile
 from collections.abc import Callable
 from typing import Any
@@ -192,6 +193,7 @@ def install() -> None:
         _patch_rule_lambda_targets()
         _patch_execution_history_paging()
         _patch_stop_during_callback()
+        _patch_heartbeat_without_heartbeat_seconds()
         _installed = True
 
 
@@ -426,13 +428,19 @@ def _patch_stop_during_callback() -> None:
 
     def stop(self: Execution, *args: Any, **kwargs: Any) -> None:
         self._imagegen_stop_requested = True  # type: ignore[attr-defined]
+        # Gap: moto's worker thread parses the definition before it creates its environment,
+        # and a StopExecution in that window fails ("'NoneType' object has no attribute
+        # 'set_stop'"). AWS accepts a stop at any time: wait for the environment to exist.
+        worker = self.exec_worker
+        deadline = time.monotonic() + 5
+        while worker is not None and worker.env is None and time.monotonic() < deadline:
+            time.sleep(0.01)
         original_stop(self, *args, **kwargs)
         # Gap: moto applies StopExecution only when the current state ends, so a state waiting
         # on `.waitForTaskToken` (a GPU job still queued, with no heartbeat timeout) would keep
         # the execution RUNNING until its deadline. On AWS the stop is immediate, and the task's
         # token answers TaskTimedOut from then on. Both are done here: every callback of the
         # execution is marked timed out for its consumers and its wait is interrupted.
-        worker = self.exec_worker
         if worker is not None and worker.env is not None:
             for endpoint in list(worker.env.callback_pool_manager._pool.values()):
                 endpoint.report(CallbackConsumerTimeout())
@@ -453,6 +461,22 @@ def _patch_stop_during_callback() -> None:
 
     Execution.stop = stop  # type: ignore[method-assign]
     BaseExecutionWorkerCommunication._reflect_execution_status = reflect_execution_status  # type: ignore[method-assign]
+
+
+def _patch_heartbeat_without_heartbeat_seconds() -> None:
+    from moto.stepfunctions.parser.asl.eval.callback.callback import CallbackEndpoint
+
+    original = CallbackEndpoint.notify_heartbeat
+
+    def notify_heartbeat(self: CallbackEndpoint) -> bool:
+        # Gap: moto answers InvalidToken to SendTaskHeartbeat for a running task whose state has
+        # no HeartbeatSeconds ("Generate on GPU" has none); AWS accepts a heartbeat for any
+        # running task. The GPU worker reads InvalidToken as "the task has ended".
+        if self._heartbeat_endpoint is None:
+            return True
+        return bool(original(self))
+
+    CallbackEndpoint.notify_heartbeat = notify_heartbeat  # type: ignore[method-assign]
 
 
 STATUS_CHANGE_DETAIL_TYPE = "Step Functions Execution Status Change"

@@ -8,160 +8,31 @@ import io
 import json
 import threading
 import time
-import uuid
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from collections.abc import Callable, Sequence
 from typing import Any
 
-import boto3
 import pytest
-from moto import mock_aws
 from PIL import Image
 
 from gpu_service.engine import Engine, ImageSpec
 from gpu_service.settings import Settings
 from gpu_service.worker import Worker
-from imagegen_common.models import GenerateRequest, GenerationResult, ImageSlot, Job
-from tests.gpu_service.conftest import gpu_state_definition
-
-BUCKET = "imagegen-images-test"
-ROLE_ARN = "arn:aws:iam::123456789012:role/imagegen-state-machine"
-
-
-@dataclass
-class Aws:
-    sqs: Any
-    s3: Any
-    sfn: Any
-    queue_url: str
-    state_machine_arn: str
-
-    def start(self, job: Job) -> str:
-        return str(
-            self.sfn.start_execution(
-                stateMachineArn=self.state_machine_arn,
-                name=job.job_id,  # moto names an unnamed execution "None"
-                input=json.dumps({"job": job.model_dump(mode="json")}),
-            )["executionArn"]
-        )
-
-    def wait_for_message(self, timeout: float = 10.0) -> None:
-        _wait_until(lambda: self.queue_counts()[0] >= 1, timeout)
-
-    def queue_counts(self) -> tuple[int, int]:
-        """(visible, in flight) messages on the GPU queue."""
-        attributes = self.sqs.get_queue_attributes(
-            QueueUrl=self.queue_url,
-            AttributeNames=["ApproximateNumberOfMessages", "ApproximateNumberOfMessagesNotVisible"],
-        )["Attributes"]
-        return (
-            int(attributes["ApproximateNumberOfMessages"]),
-            int(attributes["ApproximateNumberOfMessagesNotVisible"]),
-        )
-
-    def finished(self, execution_arn: str, timeout: float = 20.0) -> dict[str, Any]:
-        result: dict[str, Any] = {}
-
-        def ended() -> bool:
-            result.update(self.sfn.describe_execution(executionArn=execution_arn))
-            return result["status"] != "RUNNING"
-
-        _wait_until(ended, timeout)
-        return result
-
-
-def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.05)
-
-
-class Spy:
-    """Wraps a boto3 client and records the calls made through it (name, keyword arguments)."""
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-        self.calls: list[str] = []
-        self.arguments: list[dict[str, Any]] = []
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._client, name)
-        if not callable(attribute):
-            return attribute
-
-        def record(*args: Any, **kwargs: Any) -> Any:
-            self.calls.append(name)
-            self.arguments.append(kwargs)
-            return attribute(*args, **kwargs)
-
-        return record
+from imagegen_common.models import GenerationResult
+from tests.gpu_service.conftest import (
+    BUCKET,
+    ROLE_ARN,
+    Aws,
+    Spy,
+    gpu_state_definition,
+    wait_for,
+)
+from tests.gpu_service.conftest import make_job as _job
 
 
 def _sent_cause(sfn: Spy) -> str:
-    [failure] = [
-        kwargs
-        for name, kwargs in zip(sfn.calls, sfn.arguments, strict=True)
-        if name == "send_task_failure"
-    ]
+    [failure] = sfn.called("send_task_failure")
     assert failure["error"] == "INVALID_JOB"
     return str(failure["cause"])
-
-
-@pytest.fixture
-def aws() -> Iterator[Aws]:
-    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
-        sqs = boto3.client("sqs", region_name="us-east-1")
-        s3 = boto3.client("s3", region_name="us-east-1")
-        sfn = boto3.client("stepfunctions", region_name="us-east-1")
-        queue_url = sqs.create_queue(QueueName="imagegen-gpu-jobs")["QueueUrl"]
-        s3.create_bucket(Bucket=BUCKET)
-        arn = sfn.create_state_machine(
-            name="gpu-step", definition=gpu_state_definition(queue_url), roleArn=ROLE_ARN
-        )["stateMachineArn"]
-        yield Aws(sqs, s3, sfn, queue_url, arn)
-
-
-def _job(*, images: int = 1, width: int | None = 64, height: int | None = 64, **extra: Any) -> Job:
-    job_id = f"job-{uuid.uuid4().hex[:12]}"
-    return Job(
-        job_id=job_id,
-        owner="apikey:test",
-        submitted_at=datetime.now(UTC),
-        request=GenerateRequest(prompt="a quiet harbour at dawn", num_images=images),
-        backend="gpu",
-        width=width,
-        height=height,
-        images=[
-            ImageSlot(index=i, seed=100 + i, s3_key=f"images/{job_id}/{i}.png")
-            for i in range(images)
-        ],
-        **extra,
-    )
-
-
-@pytest.fixture
-def worker_for(
-    aws: Aws, make_settings: Callable[..., Settings], engine: Engine
-) -> Callable[..., Worker]:
-    def build(
-        engine_override: Engine | None = None, *, stepfunctions: Any = None, **overrides: Any
-    ) -> Worker:
-        values: dict[str, Any] = {
-            "gpu_queue_url": aws.queue_url,
-            "images_bucket": BUCKET,
-            "receive_wait_seconds": 1,
-            "visibility_timeout_seconds": 30,
-            "heartbeat_interval_seconds": 5,
-        }
-        values.update(overrides)
-        return Worker(
-            make_settings(**values), engine_override or engine, stepfunctions=stepfunctions
-        )
-
-    return build
 
 
 def _png_size(aws: Aws, key: str) -> tuple[int, int]:
@@ -248,7 +119,9 @@ def test_an_unparseable_job_with_a_token_fails_its_task(
     arn = aws.sfn.create_state_machine(
         name="broken-gpu-step", definition=json.dumps(broken), roleArn=ROLE_ARN
     )["stateMachineArn"]
-    execution = aws.sfn.start_execution(stateMachineArn=arn, name="broken-1", input="{}")
+    execution = aws.sfn.start_execution(
+        stateMachineArn=arn, name="broken-1", input=json.dumps({"job": {"gpu_timeout_seconds": 60}})
+    )
     aws.wait_for_message()
     sfn = Spy(aws.sfn)
     worker = worker_for(stepfunctions=sfn)
@@ -288,17 +161,20 @@ def test_a_worker_killed_mid_batch_loses_nothing(
     execution = aws.start(job)
     aws.wait_for_message()
 
-    doomed = worker_for(DyingEngine(engine), visibility_timeout_seconds=1)
+    doomed = worker_for(
+        DyingEngine(engine), visibility_timeout_seconds=1, heartbeat_interval_seconds=0.3
+    )
     with pytest.raises(KilledWorkerError):
         doomed.poll_once()
     assert aws.queue_counts() == (0, 1)  # taken, not reported, not deleted
-    assert aws.sfn.describe_execution(executionArn=execution)["status"] == "RUNNING"
+    assert aws.status(execution) == "RUNNING"
 
     survivor = worker_for()
     handled = 0
     deadline = time.monotonic() + 15
     while handled == 0 and time.monotonic() < deadline:
         handled = survivor.poll_once()  # the message reappears after its 1 s visibility
+    assert handled == 1
 
     described = aws.finished(execution)
     assert described["status"] == "SUCCEEDED"
@@ -309,13 +185,17 @@ def test_a_worker_killed_mid_batch_loses_nothing(
     assert aws.queue_counts() == (0, 0)
 
 
-class SlowEngine(Engine):
-    def __init__(self, inner: Engine, seconds: float) -> None:
+class GatedEngine(Engine):
+    """Sets ``started`` when a batch begins, then holds it until ``release`` is set."""
+
+    def __init__(self, inner: Engine) -> None:
         super().__init__(inner.pipeline, model_id=inner.model_id, device="cpu", dtype=inner.dtype)
-        self.seconds = seconds
+        self.started = threading.Event()
+        self.release = threading.Event()
 
     def generate(self, specs: Sequence[ImageSpec]) -> list[bytes]:
-        time.sleep(self.seconds)
+        self.started.set()
+        wait_for(self.release, 30, "the test releases the batch")
         return super().generate(specs)
 
 
@@ -325,39 +205,38 @@ def test_a_long_batch_heartbeats_and_keeps_its_message_hidden(
     execution = aws.start(_job())
     aws.wait_for_message()
     sqs, sfn = Spy(aws.sqs), Spy(aws.sfn)
+    visibility = 2
     settings = make_settings(
         gpu_queue_url=aws.queue_url,
         images_bucket=BUCKET,
         receive_wait_seconds=1,
-        visibility_timeout_seconds=2,
+        visibility_timeout_seconds=visibility,
         heartbeat_interval_seconds=0.3,
     )
-    worker = Worker(settings, SlowEngine(engine, 3.5), sqs=sqs, s3=aws.s3, stepfunctions=sfn)
-    stolen: list[Any] = []
-
-    def rival() -> None:  # a second consumer polling while the slow batch runs
-        deadline = time.monotonic() + 3.0
-        while time.monotonic() < deadline:
-            stolen.extend(
-                aws.sqs.receive_message(QueueUrl=aws.queue_url, WaitTimeSeconds=0).get(
-                    "Messages", []
-                )
-            )
-            time.sleep(0.1)
-
-    rival_thread = threading.Thread(target=rival)
+    gated = GatedEngine(engine)
+    worker = Worker(settings, gated, sqs=sqs, s3=aws.s3, stepfunctions=sfn)
     worker_thread = threading.Thread(target=worker.poll_once)
     worker_thread.start()
-    time.sleep(0.3)
-    rival_thread.start()
-    worker_thread.join(timeout=30)
-    rival_thread.join(timeout=30)
+    try:
+        wait_for(gated.started, 10, "the batch started")
+        # A second consumer long-polls for half as long again as the visibility timeout.
+        stolen: list[Any] = []
+        rival_until = time.monotonic() + visibility * 1.5
+        while time.monotonic() < rival_until:
+            stolen += aws.sqs.receive_message(QueueUrl=aws.queue_url, WaitTimeSeconds=1).get(
+                "Messages", []
+            )
+    finally:
+        gated.release.set()
+        worker_thread.join(timeout=30)
+    assert not worker_thread.is_alive()
 
     assert stolen == []  # the visibility was extended past its 2 s
     assert aws.finished(execution)["status"] == "SUCCEEDED"
     assert sfn.calls.count("send_task_heartbeat") >= 3  # one on accept, then periodic
     assert sqs.calls.count("change_message_visibility") >= 3
-    assert sfn.calls[-1] == "send_task_success"
+    assert "send_task_success" in sfn.calls
+    assert "send_task_failure" not in sfn.calls
     assert sqs.calls.index("delete_message") > sqs.calls.index("change_message_visibility")
 
 
@@ -376,13 +255,15 @@ def test_compatible_jobs_share_pipeline_calls(
 ) -> None:
     jobs = [_job(images=2), _job(images=2), _job(images=1, width=128)]
     executions = [aws.start(job) for job in jobs]
-    _wait_until(lambda: aws.queue_counts()[0] == 3)
+    aws.wait_for_message(count=3)
     recording = RecordingEngine(engine)
 
     worker = worker_for(recording, max_batch=4)
     handled = 0
-    while handled < 3:
+    deadline = time.monotonic() + 20
+    while handled < 3 and time.monotonic() < deadline:
         handled += worker.poll_once()
+    assert handled == 3
 
     assert [aws.finished(arn)["status"] for arn in executions] == ["SUCCEEDED"] * 3
     assert sorted(recording.batch_sizes) == [1, 4]  # 2 + 2 at 64x64 together, the 128 alone
@@ -398,7 +279,7 @@ def test_a_stopped_worker_hands_back_what_it_received_and_exits(
 
     assert worker_for().poll_once(stop) == 1
     assert aws.queue_counts() == (1, 0)  # visible again at once, for another worker
-    assert aws.sfn.describe_execution(executionArn=execution)["status"] == "RUNNING"
+    assert aws.status(execution) == "RUNNING"
 
 
 def test_run_consumes_until_stopped(aws: Aws, worker_for: Callable[..., Worker]) -> None:
