@@ -5,7 +5,9 @@ Bedrock's control plane answers ``GetFoundationModel`` (``GET /foundation-models
 Amazon Bedrock User Guide, "Model lifecycle",
 https://docs.aws.amazon.com/bedrock/latest/userguide/model-lifecycle.html). A LEGACY model will
 reach its end of life, and accounts that have not used it lately are already refused it, so the
-report warns about it; a model that cannot be looked up gets a warning too.
+report warns about it, with the dates Bedrock gives; a model that cannot be looked up gets a
+warning too. Without ``--model-id`` or ``ALLOWED_MODEL_IDS`` it checks every model of the Bedrock
+adapters' registry (``imagegen_common.bedrock``), the deployment's default allow-list.
 """
 
 from __future__ import annotations
@@ -21,11 +23,7 @@ from typing import Any
 import boto3
 from botocore.exceptions import BotoCoreError, ClientError
 
-DEFAULT_MODEL_IDS = (
-    "stability.stable-image-core-v1:1",
-    "stability.stable-image-ultra-v1:1",
-    "stability.sd3-5-large-v1:0",
-)
+from imagegen_common.bedrock import KNOWN_MODEL_IDS
 
 
 @dataclass(frozen=True)
@@ -80,10 +78,11 @@ def format_report(lifecycles: Sequence[ModelLifecycle]) -> str:
         if item.status is None:
             lines.append(f"WARNING {item.model_id}: could not be looked up: {item.error}")
         elif item.status == "LEGACY":
+            since = f" since {item.legacy_since:%Y-%m-%d}" if item.legacy_since else ""
             eol = f"; end of life {item.end_of_life:%Y-%m-%d}" if item.end_of_life else ""
             lines.append(
-                f"WARNING {item.model_id}{name}: LEGACY{eol}; move to an ACTIVE model before it "
-                "reaches its end of life"
+                f"WARNING {item.model_id}{name}: LEGACY{since}{eol}; move to an ACTIVE model "
+                "before it reaches its end of life"
             )
         elif item.status == "ACTIVE":
             lines.append(f"OK      {item.model_id}{name}: ACTIVE")
@@ -101,7 +100,7 @@ def format_report(lifecycles: Sequence[ModelLifecycle]) -> str:
 def _model_ids_from_env() -> list[str]:
     value = os.environ.get("ALLOWED_MODEL_IDS", "")
     ids = [item.strip() for item in value.split(",") if item.strip()]
-    return ids or list(DEFAULT_MODEL_IDS)
+    return ids or list(KNOWN_MODEL_IDS)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -113,7 +112,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--model-id",
         action="append",
         dest="model_ids",
-        help="A model id to check (repeatable); default: ALLOWED_MODEL_IDS or the built-in list.",
+        help="A model id to check (repeatable); default: ALLOWED_MODEL_IDS or every known model.",
     )
     parser.add_argument("--region", default=None, help="AWS Region of Bedrock.")
     args = parser.parse_args(argv)

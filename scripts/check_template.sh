@@ -79,6 +79,7 @@ ensure_venv .venv-checkov requirements/checkov.txt
 step "cfn-lint" .venv-sam/bin/cfn-lint template.yaml
 step "sam validate --lint" .venv-sam/bin/sam validate --lint --template-file template.yaml
 step "checkov" .venv-checkov/bin/checkov -f template.yaml --framework cloudformation \
+  --config-file .checkov.yaml \
   --skip-download --compact --quiet
 
 find_python313

@@ -24,24 +24,17 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from imagegen_common.models import (
-    IMAGE_GENERATED,
-    IMAGE_GENERATION_CANCELLED,
-    IMAGE_GENERATION_FAILED,
-    ImageGeneratedDetail,
-    ImageGenerationCancelledDetail,
-    ImageGenerationFailedDetail,
-)
+from imagegen_common.models import RESULT_EVENT_DETAILS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS_DIR = REPO_ROOT / "events" / "schemas"
 TEMPLATE = REPO_ROOT / "template.yaml"
 
 EVENTS: dict[str, tuple[str, type[BaseModel]]] = {
-    "image_generated": (IMAGE_GENERATED, ImageGeneratedDetail),
-    "image_generation_failed": (IMAGE_GENERATION_FAILED, ImageGenerationFailedDetail),
-    "image_generation_cancelled": (IMAGE_GENERATION_CANCELLED, ImageGenerationCancelledDetail),
+    detail_type.lower().replace(" ", "_"): (detail_type, model)
+    for detail_type, model in RESULT_EVENT_DETAILS.items()
 }
+"""Schema name ("image_generated", the file's stem) -> (detail-type, detail model)."""
 
 _CONTENT_LINE = re.compile(
     r"(?P<marker>^[ \t]*# generated from events/schemas/(?P<name>[a-z_]+)\.json\n)"

@@ -4,18 +4,20 @@ Point an ordinary client at it with ``endpoint_url=fake.endpoint_url``, or set t
 service-specific variables ``AWS_ENDPOINT_URL_BEDROCK_RUNTIME`` and ``AWS_ENDPOINT_URL_BEDROCK``
 (botocore builds the name from the service id: "Bedrock Runtime" -> ``BEDROCK_RUNTIME``).
 
-It serves:
-- bedrock-runtime ``POST /model/{modelId}/invoke`` (InvokeModel), answering each family's real
+It serves the models of ``imagegen_common.bedrock``'s registry (the one list of model ids, with
+each model's name), answering with the pixel sizes the adapters' aspect-ratio table gives:
+- bedrock-runtime ``POST /model/{modelId}/invoke`` (InvokeModel), answering Stability's real
   response format with real PNGs (a deterministic gradient from the seed) of the size the model
   returns;
 - bedrock ``GET /foundation-models/{modelIdentifier}`` (GetFoundationModel) with
-  ``modelDetails.modelLifecycle.status`` ACTIVE or LEGACY (legacy models LEGACY by default).
+  ``modelDetails.modelLifecycle``: ACTIVE by default; :meth:`FakeBedrock.set_lifecycle` makes a
+  model LEGACY, with its dates, to exercise ``imagegen models``.
 
 Errors are AWS-style: the status code, ``x-amzn-ErrorType: <Code>:<namespace>`` (botocore's
 rest-json parser keeps the part before ':') and ``{"message": ...}``, so botocore raises the
-same ClientError as against AWS. Request bodies are checked against each family's documented
-limits here, independently of ``imagegen_common.bedrock``, so that tests cross-check the
-adapters. Development tooling only: never deployed to Lambda.
+same ClientError as against AWS. Request bodies are checked against the documented fields and
+limits (no unknown keys, text lengths, aspect ratio, seed range), so an adapter that sends what
+Bedrock would refuse fails here too. Development tooling only: never deployed to Lambda.
 """
 
 from __future__ import annotations
@@ -27,12 +29,18 @@ import threading
 import uuid
 import zlib
 from dataclasses import dataclass
+from datetime import datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import TracebackType
 from typing import Any, Literal
 from urllib.parse import unquote
 
-from imagegen_common.bedrock.stability import OUTPUT_SIZES
+from imagegen_common.bedrock import ADAPTERS
+from imagegen_common.bedrock.stability import (
+    MAX_STABILITY_PROMPT_CHARS,
+    MAX_STABILITY_SEED,
+    OUTPUT_SIZES,
+)
 
 FailureKind = Literal[
     "throttle", "filter_prompt", "filter_output", "inference_error", "unavailable", "timeout"
@@ -46,35 +54,12 @@ FAILURE_KINDS: tuple[str, ...] = (
     "timeout",
 )
 
-# What the real models return per aspect ratio: the stand-in answers like Bedrock does.
-STABILITY_SIZES = OUTPUT_SIZES
-STABILITY_MODELS = {
-    "stability.stable-image-core-v1:1": "Stable Image Core 1.1",
-    "stability.stable-image-ultra-v1:1": "Stable Image Ultra 1.1",
-    "stability.sd3-5-large-v1:0": "Stable Diffusion 3.5 Large",
-}
-AMAZON_MODELS = {
-    "amazon.titan-image-generator-v2:0": "Titan Image Generator G1 v2",
-    "amazon.nova-canvas-v1:0": "Nova Canvas",
-}
-SDXL_MODELS = {"stability.stable-diffusion-xl-v1": "SDXL 1.0"}
-MODEL_NAMES = {**STABILITY_MODELS, **AMAZON_MODELS, **SDXL_MODELS}
-LEGACY_BY_DEFAULT = frozenset({*AMAZON_MODELS, *SDXL_MODELS})
-
 _NAMESPACE = "http://internal.amazon.com/coral/com.amazon.bedrock/"
 _END_OF_LIFE = (
     "This model version has reached the end of its life. Please refer to the AWS "
     "documentation for more details."
 )
 _NO_ACCESS = "You don't have access to the model with the specified model ID."
-_FILTER_PROMPT_MESSAGE = (
-    "This request has been blocked by our content filters. Please adjust your text prompt to "
-    "submit a new request."
-)
-_FILTER_OUTPUT_MESSAGE = (
-    "This request has been blocked by our content filters because the generated image(s) may "
-    "conflict with our AUP or AWS Responsible AI Policy. Please try again."
-)
 
 
 class BedrockFault(Exception):
@@ -85,6 +70,24 @@ class BedrockFault(Exception):
         self.status = status
         self.code = code
         self.message = message
+
+
+@dataclass(frozen=True)
+class Lifecycle:
+    """``modelDetails.modelLifecycle`` of one model, as GetFoundationModel answers it."""
+
+    status: str = "ACTIVE"
+    legacy_time: datetime | None = None
+    end_of_life_time: datetime | None = None
+
+    def to_json(self) -> dict[str, str]:
+        # The bedrock service model gives these timestamps timestampFormat iso8601.
+        answer = {"status": self.status}
+        if self.legacy_time is not None:
+            answer["legacyTime"] = self.legacy_time.isoformat()
+        if self.end_of_life_time is not None:
+            answer["endOfLifeTime"] = self.end_of_life_time.isoformat()
+        return answer
 
 
 @dataclass
@@ -135,18 +138,13 @@ class FakeBedrock:
         port: int = 0,
         *,
         region: str = "us-east-1",
-        lifecycle: dict[str, str] | None = None,
     ) -> None:
         self.host = host
         self.port = port
         self.region = region
         self.calls: list[InvokeCall] = []
         self.unavailable_models: set[str] = set()
-        self.lifecycle: dict[str, str] = {
-            model_id: "LEGACY" if model_id in LEGACY_BY_DEFAULT else "ACTIVE"
-            for model_id in MODEL_NAMES
-        }
-        self.lifecycle.update(lifecycle or {})
+        self.lifecycle: dict[str, Lifecycle] = {model_id: Lifecycle() for model_id in ADAPTERS}
         self._failures: list[_ScriptedFailure] = []
         self._lock = threading.Lock()
         self._server: ThreadingHTTPServer | None = None
@@ -214,9 +212,19 @@ class FakeBedrock:
         with self._lock:
             self._failures.append(_ScriptedFailure(kind, times, model_id))
 
-    def set_lifecycle(self, model_id: str, status: str) -> None:
+    def set_lifecycle(
+        self,
+        model_id: str,
+        status: str,
+        *,
+        legacy_time: datetime | None = None,
+        end_of_life_time: datetime | None = None,
+    ) -> None:
+        """What GetFoundationModel answers for ``model_id`` from now on (e.g. LEGACY, dates)."""
+        if model_id not in ADAPTERS:
+            raise ValueError(f"{model_id!r} is not a model this stand-in serves")
         with self._lock:
-            self.lifecycle[model_id] = status
+            self.lifecycle[model_id] = Lifecycle(status, legacy_time, end_of_life_time)
 
     def reset(self) -> None:
         with self._lock:
@@ -243,7 +251,7 @@ class FakeBedrock:
         except ValueError:
             body = None
         failure = self._record_call(model_id, body)
-        if model_id not in MODEL_NAMES:
+        if model_id not in ADAPTERS:
             raise BedrockFault(
                 400, "ValidationException", "The provided model identifier is invalid."
             )
@@ -267,37 +275,33 @@ class FakeBedrock:
                 "ModelTimeoutException",
                 "Model has timed out in processing the request. Try your request again.",
             )
-        if model_id in STABILITY_MODELS:
-            return _stability(model_id, body, failure)
-        if model_id in AMAZON_MODELS:
-            return _amazon(model_id, body, failure)
-        return _sdxl(body, failure)
+        return _stability(body, failure)
 
     def get_foundation_model(self, model_id: str) -> dict[str, Any]:
         with self._lock:
-            status = self.lifecycle.get(model_id)
-        if model_id not in MODEL_NAMES or status is None:
+            lifecycle = self.lifecycle.get(model_id)
+        adapter = ADAPTERS.get(model_id)
+        if adapter is None or lifecycle is None:
             raise BedrockFault(
                 404, "ResourceNotFoundException", f"The model {model_id} does not exist."
             )
-        provider = "Amazon" if model_id.startswith("amazon.") else "Stability AI"
         return {
             "modelDetails": {
                 "modelArn": f"arn:aws:bedrock:{self.region}::foundation-model/{model_id}",
                 "modelId": model_id,
-                "modelName": MODEL_NAMES[model_id],
-                "providerName": provider,
+                "modelName": adapter.model_name,
+                "providerName": adapter.provider,
                 "inputModalities": ["TEXT"],
                 "outputModalities": ["IMAGE"],
                 "responseStreamingSupported": False,
                 "customizationsSupported": [],
                 "inferenceTypesSupported": ["ON_DEMAND"],
-                "modelLifecycle": {"status": status},
+                "modelLifecycle": lifecycle.to_json(),
             }
         }
 
 
-# -- per family --------------------------------------------------------------------------------
+# -- Stability's request and response ------------------------------------------------------------
 
 
 def _invalid(message: str) -> BedrockFault:
@@ -323,108 +327,31 @@ def _effective_seed(seed: int) -> int:
     return seed or 1234567
 
 
-def _stability(model_id: str, body: dict[str, Any], failure: str | None) -> dict[str, Any]:
+def _stability(body: dict[str, Any], failure: str | None) -> dict[str, Any]:
     allowed = {"prompt", "negative_prompt", "aspect_ratio", "seed", "output_format", "mode"}
     if unknown := set(body) - allowed:
         raise _invalid(f"extraneous key(s) {sorted(unknown)} are not permitted")
-    _check_text(body.get("prompt"), "prompt", 10_000, required=True)
-    _check_text(body.get("negative_prompt"), "negative_prompt", 10_000, required=False)
+    _check_text(body.get("prompt"), "prompt", MAX_STABILITY_PROMPT_CHARS, required=True)
+    _check_text(
+        body.get("negative_prompt"), "negative_prompt", MAX_STABILITY_PROMPT_CHARS, required=False
+    )
     ratio = body.get("aspect_ratio", "1:1")
-    if ratio not in STABILITY_SIZES:
-        raise _invalid(f"aspect_ratio: must be one of {', '.join(STABILITY_SIZES)}")
+    if ratio not in OUTPUT_SIZES:
+        raise _invalid(f"aspect_ratio: must be one of {', '.join(OUTPUT_SIZES)}")
     if body.get("output_format", "png") not in ("png", "jpeg"):
         raise _invalid("output_format: must be one of png, jpeg")
     if body.get("mode", "text-to-image") not in ("text-to-image", "image-to-image"):
         raise _invalid("mode: must be one of text-to-image, image-to-image")
-    seed = _effective_seed(_check_seed(body, 4_294_967_294, 0))
+    seed = _effective_seed(_check_seed(body, MAX_STABILITY_SEED, 0))
     if failure == "filter_prompt":
         return {"finish_reasons": ["Filter reason: prompt"]}
     if failure == "filter_output":
         return {"seeds": [seed], "finish_reasons": ["Filter reason: output image"], "images": []}
     if failure == "inference_error":
         return {"seeds": [seed], "finish_reasons": ["Inference error"], "images": []}
-    width, height = STABILITY_SIZES[ratio]
+    width, height = OUTPUT_SIZES[ratio]
     image = base64.b64encode(make_png(width, height, seed)).decode()
     return {"seeds": [seed], "finish_reasons": [None], "images": [image]}
-
-
-def _amazon(model_id: str, body: dict[str, Any], failure: str | None) -> dict[str, Any]:
-    nova = model_id == "amazon.nova-canvas-v1:0"
-    text_max = 1024 if nova else 512
-    if body.get("taskType") != "TEXT_IMAGE":
-        raise _invalid("taskType: only TEXT_IMAGE is served by this stand-in")
-    params = body.get("textToImageParams")
-    config = body.get("imageGenerationConfig", {})
-    if not isinstance(params, dict) or not isinstance(config, dict):
-        raise _invalid("textToImageParams and imageGenerationConfig must be objects")
-    _check_text(params.get("text"), "text", text_max, required=True)
-    _check_text(params.get("negativeText"), "negativeText", text_max, required=False)
-    width, height = config.get("width", 1024), config.get("height", 1024)
-    if not isinstance(width, int) or not isinstance(height, int):
-        raise _invalid("width and height must be integers")
-    if nova:
-        ok = (
-            all(320 <= side <= 4096 and side % 16 == 0 for side in (width, height))
-            and max(width, height) <= 4 * min(width, height)
-            and width * height < 4_194_304
-        )
-    else:
-        ok = (width, height) in _TITAN_SIZES
-    if not ok:
-        raise _invalid(f"The provided image dimensions {width}x{height} are not supported.")
-    if config.get("numberOfImages", 1) != 1:
-        raise _invalid("numberOfImages: this stand-in makes one image per call")
-    seed = _check_seed(config, 858_993_459 if nova else 2_147_483_646, 12 if nova else 42)
-    if failure == "filter_prompt":
-        raise _invalid(_FILTER_PROMPT_MESSAGE)
-    if failure == "filter_output":
-        raise _invalid(_FILTER_OUTPUT_MESSAGE)
-    if failure == "inference_error":
-        raise BedrockFault(
-            424,
-            "ModelErrorException",
-            "The system encountered an unexpected error during processing. Try your request again.",
-        )
-    image = base64.b64encode(make_png(width, height, seed)).decode()
-    return {"images": [image], "error": None}
-
-
-_TITAN_SIZES = frozenset(
-    {
-        (1024, 1024), (768, 768), (512, 512), (768, 1152), (384, 576), (1152, 768), (576, 384),
-        (768, 1280), (384, 640), (1280, 768), (640, 384), (896, 1152), (448, 576), (1152, 896),
-        (576, 448), (768, 1408), (384, 704), (1408, 768), (704, 384), (640, 1408), (320, 704),
-        (1408, 640), (704, 320), (1152, 640), (1173, 640),
-    }
-)  # fmt: skip
-_SDXL_SIZES = frozenset(
-    {
-        (1024, 1024), (1152, 896), (1216, 832), (1344, 768), (1536, 640), (640, 1536),
-        (768, 1344), (832, 1216), (896, 1152),
-    }
-)  # fmt: skip
-
-
-def _sdxl(body: dict[str, Any], failure: str | None) -> dict[str, Any]:
-    prompts = body.get("text_prompts")
-    if not isinstance(prompts, list) or not prompts:
-        raise _invalid("text_prompts: required, a non-empty list")
-    for prompt in prompts:
-        if not isinstance(prompt, dict):
-            raise _invalid("text_prompts: each item must be an object")
-        _check_text(prompt.get("text"), "text_prompts.text", 2000, required=True)
-    width, height = body.get("width", 1024), body.get("height", 1024)
-    if (width, height) not in _SDXL_SIZES:
-        raise _invalid(f"invalid_height_or_width: {width}x{height} is not an SDXL 1.0 size")
-    seed = _effective_seed(_check_seed(body, 4_294_967_295, 0))
-    png = base64.b64encode(make_png(width, height, seed)).decode()
-    if failure in ("filter_prompt", "filter_output"):
-        artifact = {"seed": seed, "base64": png, "finishReason": "CONTENT_FILTERED"}
-    elif failure == "inference_error":
-        artifact = {"seed": seed, "base64": None, "finishReason": "ERROR"}
-    else:
-        artifact = {"seed": seed, "base64": png, "finishReason": "SUCCESS"}
-    return {"result": "success", "artifacts": [artifact]}
 
 
 # -- HTTP --------------------------------------------------------------------------------------

@@ -16,13 +16,9 @@ from botocore.stub import Stubber
 from imagegen.local.fake_bedrock import make_png
 from imagegen_common.bedrock import (
     KNOWN_MODEL_IDS,
-    LEGACY_MODEL_IDS,
-    NOVA_CANVAS,
     SD35_LARGE,
-    SDXL_1_0,
     STABLE_IMAGE_CORE,
     STABLE_IMAGE_ULTRA,
-    TITAN_IMAGE_V2,
     adapter_for,
     error_from_client_error,
     generate_with_bedrock,
@@ -47,22 +43,31 @@ def _b64_png(width: int, height: int, seed: int = 1) -> str:
 # -- registry -------------------------------------------------------------------------------------
 
 
-def test_unknown_model_id_is_invalid_prompt_naming_known_ids() -> None:
+@pytest.mark.parametrize(
+    "model_id",
+    [
+        # Past their end of life on Bedrock: no adapter is kept for them.
+        "amazon.titan-image-generator-v2:0",
+        "amazon.nova-canvas-v1:0",
+        "stability.stable-diffusion-xl-v1",
+        "stability.nope-v1:0",
+    ],
+)
+def test_unknown_model_id_is_invalid_prompt_naming_known_ids(model_id: str) -> None:
     with pytest.raises(InvalidPromptError) as info:
-        adapter_for("stability.stable-diffusion-xl-v0")
+        adapter_for(model_id)
     assert info.value.field == "model_id"
-    for model_id in KNOWN_MODEL_IDS:
-        assert model_id in info.value.message
+    for known in KNOWN_MODEL_IDS:
+        assert known in info.value.message
 
 
-def test_legacy_flags_and_images_per_call() -> None:
-    assert {TITAN_IMAGE_V2, NOVA_CANVAS, SDXL_1_0} == LEGACY_MODEL_IDS
+def test_registry_holds_the_three_stability_models() -> None:
+    assert KNOWN_MODEL_IDS == STABILITY_IDS
     for model_id in STABILITY_IDS:
         adapter = adapter_for(model_id)
-        assert adapter.legacy is False
-        assert adapter.images_per_call == 1
         assert adapter.family == "stability"
-        assert model_id in adapter.model_ids
+        assert adapter.provider == "Stability AI"
+        assert adapter.model_id == model_id
 
 
 # -- Stability ------------------------------------------------------------------------------------
@@ -176,118 +181,6 @@ def test_stability_finish_reasons(body: dict[str, Any], error: type[ImageGenErro
     with pytest.raises(error) as info:
         adapter_for(SD35_LARGE).parse_response(body)
     assert type(info.value) is error
-
-
-# -- Titan v2 and Nova Canvas -------------------------------------------------------------------
-
-
-def test_titan_body_shape() -> None:
-    body = adapter_for(TITAN_IMAGE_V2).build_body("a cat", "dogs", 1152, 640, seed=7)
-    assert body == {
-        "taskType": "TEXT_IMAGE",
-        "textToImageParams": {"text": "a cat", "negativeText": "dogs"},
-        "imageGenerationConfig": {
-            "numberOfImages": 1,
-            "width": 1152,
-            "height": 640,
-            "quality": "standard",
-            "seed": 7,
-        },
-    }
-    assert (
-        "negativeText"
-        not in adapter_for(TITAN_IMAGE_V2).build_body("a", None, 512, 512, 1)["textToImageParams"]
-    )
-
-
-def test_titan_limits() -> None:
-    adapter = adapter_for(TITAN_IMAGE_V2)
-    assert adapter.output_size(1173, 640) == (1173, 640)
-    with pytest.raises(InvalidPromptError) as info:
-        adapter.check_request("a cat", None, 1344, 768)
-    assert info.value.field == "width"
-    assert "1024x1024" in info.value.message
-    assert "1173x640" in info.value.message
-    with pytest.raises(InvalidPromptError, match="512"):
-        adapter.check_request("x" * 513, None, 512, 512)
-    with pytest.raises(InvalidPromptError) as info:
-        adapter.build_body("x", None, 512, 512, seed=2_147_483_647)
-    assert info.value.field == "seed"
-
-
-def test_nova_limits_and_body() -> None:
-    adapter = adapter_for(NOVA_CANVAS)
-    adapter.check_request("x" * 1024, None, 1344, 768)
-    assert adapter.output_size(2032, 2048) == (2032, 2048)
-    for width, height, field in [
-        (1000, 1024, "width"),  # not a multiple of 16
-        (304, 1024, "width"),  # below 320
-        (1024, 4112, "height"),  # above 4096
-        (320, 1344, "width"),  # 1:4.2
-        (2048, 2048, "width"),  # 4,194,304 pixels is not fewer than 4,194,304
-    ]:
-        with pytest.raises(InvalidPromptError) as info:
-            adapter.check_request("a", None, width, height)
-        assert info.value.field == field, (width, height)
-    with pytest.raises(InvalidPromptError):
-        adapter.check_request("x" * 1025, None, 1024, 1024)
-    adapter.build_body("a", None, 1024, 1024, seed=858_993_459)
-    with pytest.raises(InvalidPromptError):
-        adapter.build_body("a", None, 1024, 1024, seed=858_993_460)
-    assert adapter.build_body("a", None, 1024, 1024, seed=1)["taskType"] == "TEXT_IMAGE"
-
-
-def test_amazon_response_parsing() -> None:
-    adapter = adapter_for(NOVA_CANVAS)
-    image = adapter.parse_response({"images": [_b64_png(512, 512)], "error": None})
-    assert (image.width, image.height, image.seed) == (512, 512, None)
-    with pytest.raises(ContentFilteredError):
-        adapter.parse_response({"images": [], "error": "blocked by our content filters"})
-    with pytest.raises(ModelError):
-        adapter.parse_response({"images": [], "error": "something broke"})
-
-
-# -- SDXL 1.0 -----------------------------------------------------------------------------------
-
-
-def test_sdxl_body_shape_and_sizes() -> None:
-    adapter = adapter_for(SDXL_1_0)
-    body = adapter.build_body("a cat", "dogs", 1344, 768, seed=3)
-    assert body == {
-        "text_prompts": [{"text": "a cat", "weight": 1.0}, {"text": "dogs", "weight": -1.0}],
-        "height": 768,
-        "width": 1344,
-        "cfg_scale": 7.0,
-        "steps": 30,
-        "samples": 1,
-        "seed": 3,
-    }
-    with pytest.raises(InvalidPromptError) as info:
-        adapter.check_request("a", None, 512, 512)
-    assert "1024x1024" in info.value.message
-    with pytest.raises(InvalidPromptError):
-        adapter.check_request("x" * 2001, None, 1024, 1024)
-
-
-@pytest.mark.parametrize(
-    ("reason", "error"), [("CONTENT_FILTERED", ContentFilteredError), ("ERROR", ModelError)]
-)
-def test_sdxl_finish_reasons(reason: str, error: type[ImageGenError]) -> None:
-    adapter = adapter_for(SDXL_1_0)
-    ok = adapter.parse_response(
-        {
-            "result": "success",
-            "artifacts": [{"seed": 9, "base64": _b64_png(1024, 1024), "finishReason": "SUCCESS"}],
-        }
-    )
-    assert (ok.width, ok.seed) == (1024, 9)
-    with pytest.raises(error):
-        adapter.parse_response(
-            {
-                "result": "success",
-                "artifacts": [{"seed": 9, "base64": _b64_png(8, 8), "finishReason": reason}],
-            }
-        )
 
 
 # -- error mapping through botocore's Stubber ---------------------------------------------------

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from typing import Any
 
 import boto3
@@ -14,13 +15,12 @@ from botocore.exceptions import ClientError
 
 from imagegen.local.fake_bedrock import FakeBedrock
 from imagegen_common.bedrock import (
-    NOVA_CANVAS,
+    KNOWN_MODEL_IDS,
     SD35_LARGE,
-    SDXL_1_0,
     STABLE_IMAGE_CORE,
     STABLE_IMAGE_ULTRA,
-    TITAN_IMAGE_V2,
     adapter_for,
+    error_from_client_error,
     generate_with_bedrock,
 )
 from imagegen_common.errors import (
@@ -59,12 +59,9 @@ def runtime(fake: FakeBedrock) -> Any:
         (STABLE_IMAGE_CORE, 1024, 1024, 11),
         (STABLE_IMAGE_ULTRA, 1920, 1080, 12),
         (SD35_LARGE, 768, 1344, 13),
-        (TITAN_IMAGE_V2, 1152, 640, 14),
-        (NOVA_CANVAS, 1344, 768, 15),
-        (SDXL_1_0, 1216, 832, 16),
     ],
 )
-def test_round_trip_per_family(
+def test_round_trip_per_model(
     fake: FakeBedrock, runtime: Any, model_id: str, width: int, height: int, seed: int
 ) -> None:
     image = generate_with_bedrock(runtime, model_id, "a red fox", "blurry", width, height, seed)
@@ -106,24 +103,18 @@ def test_standard_endpoint_env_vars(fake: FakeBedrock, monkeypatch: pytest.Monke
         ("filter_prompt", STABLE_IMAGE_CORE, ContentFilteredError),
         ("filter_output", SD35_LARGE, ContentFilteredError),
         ("inference_error", STABLE_IMAGE_ULTRA, ModelError),
-        ("filter_prompt", TITAN_IMAGE_V2, ContentFilteredError),
-        ("filter_output", NOVA_CANVAS, ContentFilteredError),
-        ("inference_error", NOVA_CANVAS, ModelError),
-        ("filter_output", SDXL_1_0, ContentFilteredError),
-        ("inference_error", SDXL_1_0, ModelError),
-        ("unavailable", TITAN_IMAGE_V2, ModelUnavailableError),
+        ("unavailable", SD35_LARGE, ModelUnavailableError),
     ],
 )
 def test_failure_kinds_raise_typed_errors(
     fake: FakeBedrock, runtime: Any, kind: str, model_id: str, error: type[ImageGenError]
 ) -> None:
-    size = {TITAN_IMAGE_V2: (512, 512), SDXL_1_0: (1024, 1024)}.get(model_id, (1024, 1024))
     fake.fail_next(kind)
     with pytest.raises(error) as info:
-        generate_with_bedrock(runtime, model_id, "a", None, *size, seed=3)
+        generate_with_bedrock(runtime, model_id, "a", None, 1024, 1024, seed=3)
     assert type(info.value) is error
     # Only the next call fails.
-    assert generate_with_bedrock(runtime, model_id, "a", None, *size, seed=3).png
+    assert generate_with_bedrock(runtime, model_id, "a", None, 1024, 1024, seed=3).png
 
 
 def test_error_wire_format_is_what_botocore_expects(fake: FakeBedrock, runtime: Any) -> None:
@@ -165,10 +156,29 @@ def test_unavailable_models(fake: FakeBedrock, runtime: Any) -> None:
     generate_with_bedrock(runtime, STABLE_IMAGE_CORE, "a", None, 512, 512, 1)
 
 
-def test_unknown_model_id_on_the_wire_is_unavailable(runtime: Any) -> None:
+@pytest.mark.parametrize("model_id", ["stability.nope-v9:0", "amazon.titan-image-generator-v2:0"])
+def test_unknown_model_id_on_the_wire_is_unavailable(runtime: Any, model_id: str) -> None:
     with pytest.raises(ClientError) as info:
-        runtime.invoke_model(modelId="stability.nope-v9:0", body=b"{}")
+        runtime.invoke_model(modelId=model_id, body=b"{}")
     assert info.value.response["Error"]["Code"] == "ValidationException"
+    assert type(error_from_client_error(info.value, model_id)) is ModelUnavailableError
+
+
+def test_serves_the_registry_models_and_their_lifecycle(fake: FakeBedrock) -> None:
+    control = boto3.client("bedrock", region_name="us-east-1", endpoint_url=fake.endpoint_url)
+    for model_id in KNOWN_MODEL_IDS:
+        details = control.get_foundation_model(modelIdentifier=model_id)["modelDetails"]
+        assert details["modelName"] == adapter_for(model_id).model_name
+        assert details["providerName"] == "Stability AI"
+        assert details["modelLifecycle"] == {"status": "ACTIVE"}
+    legacy, end = datetime(2026, 12, 1, tzinfo=UTC), datetime(2027, 6, 1, tzinfo=UTC)
+    fake.set_lifecycle(SD35_LARGE, "LEGACY", legacy_time=legacy, end_of_life_time=end)
+    lifecycle = control.get_foundation_model(modelIdentifier=SD35_LARGE)["modelDetails"][
+        "modelLifecycle"
+    ]
+    assert lifecycle == {"status": "LEGACY", "legacyTime": legacy, "endOfLifeTime": end}
+    with pytest.raises(ValueError, match="not a model"):
+        fake.set_lifecycle("amazon.nova-canvas-v1:0", "LEGACY")
 
 
 def test_concurrent_calls_are_all_recorded(fake: FakeBedrock, runtime: Any) -> None:

@@ -14,7 +14,11 @@ from imagegen_common.models import ErrorCode, ErrorInfo, TaskError
 
 
 class ImageGenError(Exception):
-    """Base class; ``code`` is what subscribers and API clients see."""
+    """Base of every error our code raises; ``code`` is what subscribers and API clients see.
+
+    Job failures are defined here; the API's refusals (``api_errors.ApiRefusal`` and its
+    subclasses) derive from this class too, so there is one hierarchy.
+    """
 
     code: ClassVar[ErrorCode] = ErrorCode.INTERNAL_ERROR
 
@@ -73,12 +77,6 @@ class ModelUnavailableError(ImageGenError):
     code = ErrorCode.MODEL_UNAVAILABLE
 
 
-class InvalidJobError(ImageGenError):
-    """A GPU job message the worker cannot run (bad shape, unsupported size)."""
-
-    code = ErrorCode.INVALID_JOB
-
-
 ERRORS_BY_NAME: dict[str, type[ImageGenError]] = {
     cls.__name__: cls
     for cls in (
@@ -88,7 +86,6 @@ ERRORS_BY_NAME: dict[str, type[ImageGenError]] = {
         ModelTransientError,
         ModelError,
         ModelUnavailableError,
-        InvalidJobError,
     )
 }
 

@@ -294,6 +294,15 @@ class ImageGenerationCancelledDetail(_EventDetail):
     cancelled_at: datetime
 
 
+RESULT_EVENT_DETAILS: Final[dict[str, type[_EventDetail]]] = {
+    IMAGE_GENERATED: ImageGeneratedDetail,
+    IMAGE_GENERATION_FAILED: ImageGenerationFailedDetail,
+    IMAGE_GENERATION_CANCELLED: ImageGenerationCancelledDetail,
+}
+"""Every result event's detail-type, with the model of its ``detail``: the one list that the
+subscriber, the event schemas and template.yaml's result rules follow (a test holds the rules)."""
+
+
 # --- API responses ---------------------------------------------------------------------------
 
 

@@ -24,6 +24,22 @@ def _split_csv(value: object) -> object:
 CsvList = Annotated[list[str], NoDecode]
 
 
+# The model defaults come from the Bedrock registry, the one list of model ids. It is imported
+# when a default is needed, so that functions whose settings name no model (ImagesSettings,
+# EventsSettings) do not load the adapters at their cold start; deployed functions read both
+# values from the environment.
+def _default_model_id() -> str:
+    from imagegen_common.bedrock.registry import DEFAULT_MODEL_ID
+
+    return DEFAULT_MODEL_ID
+
+
+def _known_model_ids() -> list[str]:
+    from imagegen_common.bedrock.registry import KNOWN_MODEL_IDS
+
+    return list(KNOWN_MODEL_IDS)
+
+
 class ImagesSettings(BaseSettings):
     """Where images live and how long their pre-signed URLs last."""
 
@@ -39,14 +55,8 @@ class GenerationSettings(ImagesSettings):
 
     default_backend: Backend = Backend.BEDROCK
     fallback_backend: FallbackBackend = FallbackBackend.NONE
-    default_model_id: str = "stability.stable-image-core-v1:1"
-    allowed_model_ids: CsvList = Field(
-        default_factory=lambda: [
-            "stability.stable-image-core-v1:1",
-            "stability.stable-image-ultra-v1:1",
-            "stability.sd3-5-large-v1:0",
-        ]
-    )
+    default_model_id: str = Field(default_factory=_default_model_id)
+    allowed_model_ids: CsvList = Field(default_factory=_known_model_ids)
     allowed_sizes: CsvList = Field(
         default_factory=lambda: ["512x512", "768x768", "1024x1024", "1344x768", "768x1344"]
     )

@@ -6,23 +6,16 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from imagegen_common.errors import ImageGenError
 from imagegen_common.models import (
-    IMAGE_GENERATED,
-    IMAGE_GENERATION_CANCELLED,
-    IMAGE_GENERATION_FAILED,
+    RESULT_EVENT_DETAILS,
     ImageGeneratedDetail,
     ImageGenerationCancelledDetail,
     ImageGenerationFailedDetail,
 )
 
-DETAIL_MODELS: dict[str, type[BaseModel]] = {
-    IMAGE_GENERATED: ImageGeneratedDetail,
-    IMAGE_GENERATION_FAILED: ImageGenerationFailedDetail,
-    IMAGE_GENERATION_CANCELLED: ImageGenerationCancelledDetail,
-}
 
-
-class UnknownDetailTypeError(Exception):
+class UnknownDetailTypeError(ImageGenError):
     """The event is not one of ours; the rule's pattern should not have matched it."""
 
 
@@ -35,7 +28,7 @@ class ResultEvent(BaseModel):
 
 
 def summarise_result_event(detail_type: str, detail: dict[str, Any]) -> ResultEvent:
-    model = DETAIL_MODELS.get(detail_type)
+    model = RESULT_EVENT_DETAILS.get(detail_type)
     if model is None:
         raise UnknownDetailTypeError(f"unexpected detail-type {detail_type!r}")
     parsed = model.model_validate(detail)

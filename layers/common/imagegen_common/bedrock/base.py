@@ -40,21 +40,25 @@ class GeneratedImage:
 
 
 class ModelAdapter(ABC):
-    """The request/response mapping of one model family on Bedrock."""
+    """The request/response mapping of one Bedrock model, by its family's rules.
+
+    ``model_id`` and ``model_name`` are Bedrock's (``GetFoundationModel``'s ``modelId`` and
+    ``modelName``); ``provider`` its ``providerName``.
+    """
 
     family: ClassVar[str]
-    legacy: ClassVar[bool] = False
-    images_per_call: ClassVar[int] = 1
+    provider: ClassVar[str]
     max_prompt_chars: ClassVar[int]
     max_negative_prompt_chars: ClassVar[int]
     min_seed: ClassVar[int] = 0
     max_seed: ClassVar[int]
 
-    def __init__(self, model_ids: tuple[str, ...]) -> None:
-        self.model_ids = model_ids
+    def __init__(self, model_id: str, model_name: str) -> None:
+        self.model_id = model_id
+        self.model_name = model_name
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(model_ids={self.model_ids!r})"
+        return f"{type(self).__name__}({self.model_id!r}, {self.model_name!r})"
 
     # -- checks -------------------------------------------------------------------------------
 

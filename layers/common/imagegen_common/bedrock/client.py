@@ -17,8 +17,9 @@ Sources checked:
   on-demand throughput isn't supported. Retry your request with the ID or ARN of an inference
   profile ..." (0xPlaygrounds/rig#2309); ValidationException "Operation not allowed" for legacy
   models out of extended access (BerriAI/litellm#28704); ValidationException "The provided model
-  identifier is invalid."; and for Titan/Nova content filtering ValidationException "This
-  request has been blocked by our content filters. ...".
+  identifier is invalid."; and Bedrock's own content filters (documented for Amazon's image
+  models) ValidationException "This request has been blocked by our content filters. ...".
+  Stability models report filtering in ``finish_reasons`` instead (see ``stability``).
 
 Mapping (a content filter or bad input never becomes ModelUnavailableError):
 - ThrottlingException, ServiceQuotaExceededException -> ModelThrottledError (retried with backoff)
@@ -38,43 +39,16 @@ from typing import Any
 
 from botocore.exceptions import ClientError, ConnectionError, HTTPClientError
 
-from imagegen_common.bedrock.amazon import (
-    NOVA_CANVAS,
-    TITAN_IMAGE_V2,
-    NovaCanvasAdapter,
-    TitanImageV2Adapter,
-)
-from imagegen_common.bedrock.base import GeneratedImage, ModelAdapter
-from imagegen_common.bedrock.sdxl import SDXL_1_0, Sdxl10Adapter
-from imagegen_common.bedrock.stability import (
-    SD35_LARGE,
-    STABLE_IMAGE_CORE,
-    STABLE_IMAGE_ULTRA,
-    StabilityAdapter,
-    StableDiffusion35LargeAdapter,
-)
+from imagegen_common.bedrock.base import GeneratedImage
+from imagegen_common.bedrock.registry import adapter_for
 from imagegen_common.errors import (
     ContentFilteredError,
     ImageGenError,
-    InvalidPromptError,
     ModelError,
     ModelThrottledError,
     ModelTransientError,
     ModelUnavailableError,
 )
-
-ADAPTERS: dict[str, ModelAdapter] = {
-    STABLE_IMAGE_CORE: StabilityAdapter((STABLE_IMAGE_CORE,)),
-    STABLE_IMAGE_ULTRA: StabilityAdapter((STABLE_IMAGE_ULTRA,)),
-    SD35_LARGE: StableDiffusion35LargeAdapter((SD35_LARGE,)),
-    TITAN_IMAGE_V2: TitanImageV2Adapter((TITAN_IMAGE_V2,)),
-    NOVA_CANVAS: NovaCanvasAdapter((NOVA_CANVAS,)),
-    SDXL_1_0: Sdxl10Adapter((SDXL_1_0,)),
-}
-"""Every model id we can call, with its adapter."""
-
-KNOWN_MODEL_IDS: tuple[str, ...] = tuple(ADAPTERS)
-LEGACY_MODEL_IDS: frozenset[str] = frozenset(m for m, a in ADAPTERS.items() if a.legacy)
 
 _THROTTLING_CODES = frozenset({"ThrottlingException", "ServiceQuotaExceededException"})
 _TRANSIENT_CODES = frozenset(
@@ -98,18 +72,6 @@ _MODEL_UNAVAILABLE = re.compile(
 )
 
 
-def adapter_for(model_id: str) -> ModelAdapter:
-    """The adapter of ``model_id``; InvalidPromptError(field="model_id") for an unknown id."""
-    try:
-        return ADAPTERS[model_id]
-    except KeyError:
-        raise InvalidPromptError(
-            f"model_id {model_id!r} is not a model imagegen can call; known model ids: "
-            f"{', '.join(KNOWN_MODEL_IDS)}",
-            field="model_id",
-        ) from None
-
-
 def generate_with_bedrock(
     runtime_client: Any,
     model_id: str,
@@ -123,7 +85,7 @@ def generate_with_bedrock(
 
     Args:
         runtime_client: a boto3 ``bedrock-runtime`` client.
-        model_id: a model id from :data:`ADAPTERS`.
+        model_id: a model id of the registry (:data:`~imagegen_common.bedrock.ADAPTERS`).
         prompt, negative_prompt: the texts; ``negative_prompt`` may be None or empty.
         width, height: the requested size in pixels (Stability models map it to an aspect ratio).
         seed: the seed to send; checked against the model's range.

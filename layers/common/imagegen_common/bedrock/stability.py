@@ -1,5 +1,5 @@
-"""Stability AI's current text-to-image models on Bedrock: Stable Image Core, Stable Image Ultra
-and Stable Diffusion 3.5 Large.
+"""Stability AI's text-to-image models on Bedrock: Stable Image Core, Stable Image Ultra and
+Stable Diffusion 3.5 Large (their ids and names are listed once, in ``registry``).
 
 Sources checked (Amazon Bedrock User Guide):
 - "Stable Image Core request and response",
@@ -36,10 +36,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from imagegen_common.bedrock.base import GeneratedImage, ModelAdapter, size_label
 from imagegen_common.errors import ContentFilteredError, InvalidPromptError, ModelError
 
-STABLE_IMAGE_CORE = "stability.stable-image-core-v1:1"
-STABLE_IMAGE_ULTRA = "stability.stable-image-ultra-v1:1"
-SD35_LARGE = "stability.sd3-5-large-v1:0"
-
 AspectRatio = Literal["16:9", "1:1", "21:9", "2:3", "3:2", "4:5", "5:4", "9:16", "9:21"]
 
 OUTPUT_SIZES: dict[str, tuple[int, int]] = {
@@ -58,7 +54,6 @@ OUTPUT_SIZES: dict[str, tuple[int, int]] = {
 FILTER_PROMPT = "Filter reason: prompt"
 FILTER_OUTPUT_IMAGE = "Filter reason: output image"
 FILTER_INPUT_IMAGE = "Filter reason: input image"
-INFERENCE_ERROR = "Inference error"
 
 MAX_STABILITY_SEED = 4_294_967_294
 MAX_STABILITY_PROMPT_CHARS = 10_000
@@ -98,8 +93,7 @@ _RATIO_BY_REDUCED: dict[str, str] = {
 
 class StabilityAdapter(ModelAdapter):
     family = "stability"
-    legacy = False
-    images_per_call = 1
+    provider = "Stability AI"
     max_prompt_chars = MAX_STABILITY_PROMPT_CHARS
     max_negative_prompt_chars = MAX_STABILITY_PROMPT_CHARS
     max_seed = MAX_STABILITY_SEED
@@ -146,7 +140,7 @@ class StabilityAdapter(ModelAdapter):
         return body.model_dump(exclude_none=True)
 
     def parse_response(self, body: dict[str, Any]) -> GeneratedImage:
-        model_id = self.model_ids[0]
+        model_id = self.model_id
         try:
             response = StabilityResponse.model_validate(body)
         except ValidationError as e:
