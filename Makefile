@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 
 REQUIREMENTS := requirements/dev.txt layers/common/requirements.txt gpu_service/requirements.txt pyproject.toml
 
-.PHONY: help venv demo run lint template unit test clean
+.PHONY: help venv demo run lint template deployment unit test clean
 
 help:
 	@echo "make demo      install everything, run the whole workflow offline once, print the image path"
@@ -38,10 +38,13 @@ lint: venv
 template:
 	bash scripts/check_template.sh
 
+deployment:
+	bash scripts/check_deployment.sh
+
 unit: venv
 	$(BIN)/pytest
 
-test: lint template unit
+test: lint template deployment unit
 
 clean:
-	rm -rf $(VENV) .venv-sam .venv-checkov .aws-sam .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-sam .venv-checkov .venv-deploy .aws-sam .mypy_cache .ruff_cache .pytest_cache

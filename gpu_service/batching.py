@@ -4,6 +4,8 @@ A request waits at most ``max_wait`` seconds for compatible requests (same ``Bat
 it, up to ``max_batch`` images; while the engine works on one batch the next fills, so under load
 batches are full and nobody waits for the timer. Requests beyond ``max_queue`` waiting are
 refused at once (``QueueFullError`` → 503 with Retry-After) rather than queued without bound.
+The batcher is a coroutine on the server's event loop: it awaits the engine
+(``Engine.generate_async``), whose one thread runs the pipeline; it has no threads of its own.
 """
 
 from __future__ import annotations
@@ -12,8 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections import deque
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from gpu_service.engine import BatchKey, ImageSpec
@@ -39,11 +40,12 @@ class BatchRecord:
 
 
 class MicroBatcher:
-    """Collects ``ImageSpec`` from coroutines and runs them in batches on one worker thread."""
+    """Collects ``ImageSpec`` from coroutines and hands them to ``generate`` in batches, one
+    batch at a time."""
 
     def __init__(
         self,
-        generate: Callable[[Sequence[ImageSpec]], list[bytes]],
+        generate: Callable[[Sequence[ImageSpec]], Awaitable[list[bytes]]],
         *,
         max_batch: int,
         max_wait: float,
@@ -58,7 +60,6 @@ class MicroBatcher:
         self._on_batch = on_batch
         self._pending: list[_Pending] = []
         self._arrived = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
         self._task: asyncio.Task[None] | None = None
         self.batches: deque[BatchRecord] = deque(maxlen=history)
         """The most recent batches run, oldest first (for metrics, tests and the benchmark)."""
@@ -80,7 +81,6 @@ class MicroBatcher:
         for pending in self._pending:
             pending.future.cancel()
         self._pending.clear()
-        self._executor.shutdown(wait=True)
 
     async def submit(self, spec: ImageSpec) -> bytes:
         """PNG bytes for ``spec``; raises ``QueueFullError`` when the queue is full."""
@@ -115,9 +115,11 @@ class MicroBatcher:
                 continue
             started = loop.time()
             try:
-                images = await loop.run_in_executor(
-                    self._executor, self._generate, [pending.spec for pending in batch]
-                )
+                images = await self._generate([pending.spec for pending in batch])
+            except asyncio.CancelledError:  # stopped: nobody will answer these requests
+                for pending in batch:
+                    pending.future.cancel()
+                raise
             except Exception as error:
                 logger.exception("batch of %d failed", len(batch))
                 for pending in batch:

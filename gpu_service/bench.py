@@ -15,7 +15,7 @@ share of the GPU's bound when ``--peak-tflops`` is given).
 ``--tiny`` runs the same scenarios on the tiny random-weight model (images are noise) at small
 settings, on the CPU if that is all there is: it exercises the code, its figures say nothing
 about a GPU. ``--output docs/benchmarks.md`` writes the table there (replacing the block of the
-same profile). Never part of the tests.
+same profile). Never part of the tests, nor of the runtime image (run it from the repository).
 
     python -m gpu_service.bench --output docs/benchmarks.md            # on a GPU
     python -m gpu_service.bench --tiny --output docs/benchmarks.md     # anywhere
@@ -28,7 +28,6 @@ import asyncio
 import dataclasses
 import platform
 import statistics
-import tempfile
 import time
 import warnings
 from collections.abc import Callable
@@ -42,7 +41,7 @@ import torch
 from gpu_service.batching import MicroBatcher
 from gpu_service.engine import Engine, ImageSpec
 from gpu_service.settings import Settings
-from gpu_service.tiny_model import ensure_tiny_model, write_tokenizer_files
+from gpu_service.tiny_model import SD15_ARCHITECTURE, build_random_pipeline, ensure_tiny_model
 
 
 @dataclass(frozen=True)
@@ -74,84 +73,6 @@ class Row:
     @property
     def images_per_second(self) -> float:
         return self.images / self.seconds
-
-
-def build_sd15_pipeline(device: str) -> Any:
-    """SD 1.5's architecture (UNet 860M, VAE 84M, CLIP ViT-L/14 text encoder), random weights."""
-    from diffusers import (
-        AutoencoderKL,
-        PNDMScheduler,
-        StableDiffusionPipeline,
-        UNet2DConditionModel,
-    )
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
-    tokenizer_dir = Path(tempfile.mkdtemp(prefix="bench-tokenizer-"))
-    # The tiny model's byte-level tokenizer files: prompts are padded to 77 tokens either way.
-    write_tokenizer_files(tokenizer_dir)
-    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir), model_max_length=77)
-    torch.manual_seed(0)
-    with torch.device(device):  # initialise on the GPU: much faster than 1 B parameters on CPU
-        unet = UNet2DConditionModel(
-            sample_size=64,
-            in_channels=4,
-            out_channels=4,
-            layers_per_block=2,
-            block_out_channels=(320, 640, 1280, 1280),
-            down_block_types=(
-                "CrossAttnDownBlock2D",
-                "CrossAttnDownBlock2D",
-                "CrossAttnDownBlock2D",
-                "DownBlock2D",
-            ),
-            up_block_types=(
-                "UpBlock2D",
-                "CrossAttnUpBlock2D",
-                "CrossAttnUpBlock2D",
-                "CrossAttnUpBlock2D",
-            ),
-            cross_attention_dim=768,
-            attention_head_dim=8,
-        )
-        vae = AutoencoderKL(
-            in_channels=3,
-            out_channels=3,
-            latent_channels=4,
-            block_out_channels=(128, 256, 512, 512),
-            down_block_types=("DownEncoderBlock2D",) * 4,
-            up_block_types=("UpDecoderBlock2D",) * 4,
-            layers_per_block=2,
-            sample_size=512,
-        )
-        text_encoder = CLIPTextModel(
-            CLIPTextConfig(
-                vocab_size=49408,
-                hidden_size=768,
-                intermediate_size=3072,
-                num_hidden_layers=12,
-                num_attention_heads=12,
-                max_position_embeddings=77,
-                hidden_act="quick_gelu",
-                projection_dim=768,
-            )
-        )
-    scheduler = PNDMScheduler(
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        skip_prk_steps=True,
-        steps_offset=1,
-    )
-    return StableDiffusionPipeline(
-        vae=vae,
-        text_encoder=text_encoder,
-        tokenizer=tokenizer,
-        unet=unet,
-        scheduler=scheduler,
-        safety_checker=None,
-        feature_extractor=None,
-        requires_safety_checker=False,
-    )
 
 
 def _specs(profile: Profile, count: int, offset: int = 0) -> list[ImageSpec]:
@@ -211,7 +132,9 @@ def run_direct(
 async def _serve(
     engine: Engine, profile: Profile, *, max_batch: int, concurrency: int, images: int
 ) -> tuple[float, list[float], list[int]]:
-    batcher = MicroBatcher(engine.generate, max_batch=max_batch, max_wait=0.01, max_queue=10_000)
+    batcher = MicroBatcher(
+        engine.generate_async, max_batch=max_batch, max_wait=0.01, max_queue=10_000
+    )
     batcher.start()
     specs = iter(_specs(profile, images))
     latencies: list[float] = []
@@ -390,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
     else:
 
         def factory() -> Any:
-            return build_sd15_pipeline(device)
+            return build_random_pipeline(SD15_ARCHITECTURE, device=device)
 
     naive_settings = Settings(device=device, dtype="float32")
     fast_settings = Settings(device=device, dtype=fast_dtype)

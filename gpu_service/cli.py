@@ -22,8 +22,10 @@ def settings_from_command_line(description: str, argv: list[str] | None) -> Sett
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = get_settings()
     if args.tiny_model:
-        from gpu_service.tiny_model import ensure_tiny_model
-
+        try:
+            from gpu_service.tiny_model import ensure_tiny_model
+        except ModuleNotFoundError:  # the runtime image leaves the development modules out
+            parser.error("--tiny-model runs from the repository only: the image has no tiny model")
         settings = settings.model_copy(update={"model_id": str(ensure_tiny_model())})
         logger.warning("using the tiny random-weight model: every image is noise")
     return settings

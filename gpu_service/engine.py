@@ -9,6 +9,7 @@ floating-point reordering).
 
 from __future__ import annotations
 
+import asyncio
 import io
 import logging
 import time
@@ -67,6 +68,14 @@ def plan_batches(items: Iterable[T], key: Callable[[T], Hashable], max_batch: in
     ]
 
 
+def _shared_batch_key(specs: Sequence[ImageSpec]) -> BatchKey:
+    key = specs[0].batch_key
+    mismatched = [spec.batch_key for spec in specs if spec.batch_key != key]
+    if mismatched:
+        raise ValueError(f"specs of one batch must share {key}, got {mismatched[0]}")
+    return key
+
+
 def resolve_device(requested: str) -> str:
     if requested == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -89,6 +98,10 @@ def encode_png(image: Any) -> bytes:
 
 class Engine:
     """A loaded pipeline and the one thread that calls it.
+
+    The queue worker calls ``generate`` from its own thread; the HTTP server's micro-batcher
+    awaits ``generate_async``. Either way the engine's thread is the only one that runs the
+    pipeline, and the only thread pool between a request and the GPU.
 
     Build it with ``Engine.load(settings)`` (from ``settings.model_id``) or, for a pipeline built
     in memory (the benchmark's random-weight SD 1.5), ``Engine.from_pipeline(...)``.
@@ -145,23 +158,30 @@ class Engine:
 
     # 2. Generate --------------------------------------------------------------------------------
     def generate(self, specs: Sequence[ImageSpec]) -> list[bytes]:
-        """PNG bytes for each spec, in order, from one pipeline call."""
+        """PNG bytes for each spec, in order, from one pipeline call; blocks the calling thread."""
         images = self.generate_images(specs)
-        return [encode_png(image) for image in images]  # outside the lock: the GPU moves on
+        return [encode_png(image) for image in images]  # on the caller's thread: the GPU moves on
+
+    async def generate_async(self, specs: Sequence[ImageSpec]) -> list[bytes]:
+        """``generate`` for a coroutine: the pipeline call and the PNG encoding run on the
+        engine's thread, so the event loop never blocks and no second thread pool is needed."""
+        if not specs:
+            return []
+        key = _shared_batch_key(specs)
+        return await asyncio.wrap_future(self._executor.submit(self._generate_pngs, specs, key))
 
     def generate_images(self, specs: Sequence[ImageSpec]) -> list[Any]:
         """PIL images for each spec, in order, from one pipeline call."""
         if not specs:
             return []
-        key = specs[0].batch_key
-        mismatched = [spec.batch_key for spec in specs if spec.batch_key != key]
-        if mismatched:
-            raise ValueError(f"specs of one batch must share {key}, got {mismatched[0]}")
-        return self.run(self._call_pipeline, specs, key)
+        return self.run(self._call_pipeline, specs, _shared_batch_key(specs))
 
     def run(self, function: Callable[..., T], *args: Any) -> T:
         """``function(*args)`` on the engine's thread, after the calls before it."""
         return self._executor.submit(function, *args).result()
+
+    def _generate_pngs(self, specs: Sequence[ImageSpec], key: BatchKey) -> list[bytes]:
+        return [encode_png(image) for image in self._call_pipeline(specs, key)]
 
     def _call_pipeline(self, specs: Sequence[ImageSpec], key: BatchKey) -> list[Any]:
         # CPU generators give the same latents for a seed on every device.

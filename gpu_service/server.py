@@ -125,7 +125,7 @@ async def _start_engine(state: ServiceState, loader: EngineLoader) -> None:
         state.load_error = f"{type(error).__name__}: {error}"
         return
     batcher = MicroBatcher(
-        engine.generate,
+        engine.generate_async,
         max_batch=state.settings.max_batch,
         max_wait=state.settings.batch_wait_ms / 1000,
         max_queue=state.settings.max_queue,

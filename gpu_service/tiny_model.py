@@ -1,9 +1,12 @@
-"""A tiny random-weight Stable Diffusion pipeline, built on the machine instead of downloaded.
+"""Random-weight Stable Diffusion pipelines, built on the machine instead of downloaded.
 
-It has the real pipeline's classes (UNet2DConditionModel, AutoencoderKL with the usual 8x latent
-scale, a CLIP text encoder and a CLIP tokenizer whose files this module writes itself) and is
-saved with ``save_pretrained``, so tests and the offline demo load it exactly as production loads
-a hub model: ``from_pretrained(path)``. Its weights are random: every image it makes is noise.
+One builder, two sizes of one architecture: ``TINY_ARCHITECTURE`` (what tests and the offline
+demo run, saved by ``ensure_tiny_model``) and ``SD15_ARCHITECTURE`` (the benchmark's: the real
+model's arithmetic). Both have the real pipeline's classes (UNet2DConditionModel, AutoencoderKL
+with the usual 8x latent scale, a CLIP text encoder and a CLIP tokenizer whose files this module
+writes itself); the tiny one is saved with ``save_pretrained``, so tests and the demo load it
+exactly as production loads a hub model: ``from_pretrained(path)``. The weights are random:
+every image is noise. Development only: the runtime image leaves this module out.
 
     python -m gpu_service.tiny_model [PATH]      # default .tiny-model/ at the repository root
 """
@@ -15,13 +18,14 @@ import json
 import logging
 import shutil
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Literal
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_TINY_MODEL_DIR = Path(__file__).resolve().parent.parent / ".tiny-model"
 _MARKER = "model_index.json"
-_TEXT_HIDDEN = 32
 
 
 def _bytes_to_unicode() -> list[str]:
@@ -60,69 +64,132 @@ def write_tokenizer_files(directory: Path) -> int:
     return len(tokens)
 
 
-def build_tiny_pipeline(workdir: Path) -> object:
-    """The tiny pipeline in memory (random weights, seeded, so two builds are identical)."""
+@dataclass(frozen=True)
+class Architecture:
+    """The sizes of a Stable Diffusion pipeline (CLIP text encoder, UNet, VAE with 8x latents)."""
+
+    text_hidden: int
+    text_intermediate: int
+    text_layers: int
+    text_heads: int
+    text_vocab_size: int | None
+    """None: the byte-level tokenizer's own size (every token an embedding row)."""
+    unet_channels: tuple[int, ...]
+    unet_down_blocks: tuple[str, ...]
+    unet_up_blocks: tuple[str, ...]
+    unet_layers_per_block: int
+    unet_sample_size: int
+    vae_channels: tuple[int, int, int, int]
+    vae_layers_per_block: int
+    vae_norm_groups: int
+    scheduler: Literal["euler-trailing", "pndm"]
+
+
+TINY_ARCHITECTURE = Architecture(
+    text_hidden=32,
+    text_intermediate=37,
+    text_layers=2,
+    text_heads=4,
+    text_vocab_size=None,
+    unet_channels=(32, 64),
+    unet_down_blocks=("DownBlock2D", "CrossAttnDownBlock2D"),
+    unet_up_blocks=("CrossAttnUpBlock2D", "UpBlock2D"),
+    unet_layers_per_block=1,
+    unet_sample_size=8,
+    vae_channels=(8, 16, 16, 16),
+    vae_layers_per_block=1,
+    vae_norm_groups=8,
+    scheduler="euler-trailing",  # sd-turbo's, the service's default model
+)
+"""About 1 M parameters each for the UNet and the VAE: ~8 MB saved, a small image in a fraction
+of a second on a CPU."""
+
+SD15_ARCHITECTURE = Architecture(
+    text_hidden=768,
+    text_intermediate=3072,
+    text_layers=12,
+    text_heads=12,
+    text_vocab_size=49408,
+    unet_channels=(320, 640, 1280, 1280),
+    unet_down_blocks=("CrossAttnDownBlock2D",) * 3 + ("DownBlock2D",),
+    unet_up_blocks=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * 3,
+    unet_layers_per_block=2,
+    unet_sample_size=64,
+    vae_channels=(128, 256, 512, 512),
+    vae_layers_per_block=2,
+    vae_norm_groups=32,
+    scheduler="pndm",
+)
+"""SD 1.5's (UNet 860 M, VAE 84 M, CLIP ViT-L/14 text encoder): the benchmark's arithmetic."""
+
+
+def build_random_pipeline(architecture: Architecture, *, device: str = "cpu") -> Any:
+    """A ``StableDiffusionPipeline`` of ``architecture`` with random weights, seeded, so two
+    builds are identical. ``device``: where the weights are initialised (SD 1.5's billion
+    parameters initialise much faster on a GPU)."""
     import torch
     from diffusers import (
         AutoencoderKL,
         EulerDiscreteScheduler,
+        PNDMScheduler,
         StableDiffusionPipeline,
         UNet2DConditionModel,
     )
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    torch.manual_seed(0)
-    vocab_size = write_tokenizer_files(workdir)
-    tokenizer = CLIPTokenizer.from_pretrained(str(workdir), model_max_length=77)
+    with tempfile.TemporaryDirectory(prefix="tokenizer-") as tokenizer_dir:
+        vocab_size = write_tokenizer_files(Path(tokenizer_dir))
+        tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir, model_max_length=77)
     if len(tokenizer) < vocab_size:
         raise RuntimeError(f"tokenizer read {len(tokenizer)} tokens of {vocab_size}")
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=vocab_size,
-            hidden_size=_TEXT_HIDDEN,
-            intermediate_size=37,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            projection_dim=_TEXT_HIDDEN,
-            bos_token_id=tokenizer.bos_token_id,
-            eos_token_id=tokenizer.eos_token_id,
-            pad_token_id=tokenizer.pad_token_id,
+    torch.manual_seed(0)
+    with torch.device(device):
+        text_encoder = CLIPTextModel(
+            CLIPTextConfig(
+                vocab_size=architecture.text_vocab_size or vocab_size,
+                hidden_size=architecture.text_hidden,
+                intermediate_size=architecture.text_intermediate,
+                num_hidden_layers=architecture.text_layers,
+                num_attention_heads=architecture.text_heads,
+                max_position_embeddings=77,
+                projection_dim=architecture.text_hidden,
+                bos_token_id=tokenizer.bos_token_id,
+                eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id,
+            )
         )
-    )
-    unet = UNet2DConditionModel(
-        sample_size=8,
-        in_channels=4,
-        out_channels=4,
-        layers_per_block=1,
-        block_out_channels=(32, 64),
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=_TEXT_HIDDEN,
-        attention_head_dim=8,
-        norm_num_groups=32,
-    )
-    # Four blocks, as in SD: latents are 1/8 of the image, so sizes behave as in production.
-    vae = AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        latent_channels=4,
-        block_out_channels=(8, 16, 16, 16),
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        layers_per_block=1,
-        norm_num_groups=8,
-        sample_size=64,
-    )
-    # sd-turbo's scheduler settings, the service's default model.
-    scheduler = EulerDiscreteScheduler(
-        num_train_timesteps=1000,
-        beta_start=0.00085,
-        beta_end=0.012,
-        beta_schedule="scaled_linear",
-        timestep_spacing="trailing",
-        steps_offset=1,
-    )
+        unet = UNet2DConditionModel(
+            sample_size=architecture.unet_sample_size,
+            in_channels=4,
+            out_channels=4,
+            layers_per_block=architecture.unet_layers_per_block,
+            block_out_channels=architecture.unet_channels,
+            down_block_types=architecture.unet_down_blocks,
+            up_block_types=architecture.unet_up_blocks,
+            cross_attention_dim=architecture.text_hidden,
+            attention_head_dim=8,
+            norm_num_groups=32,
+        )
+        # Four blocks, as in SD: latents are 1/8 of the image, so sizes behave as in production.
+        vae = AutoencoderKL(
+            in_channels=3,
+            out_channels=3,
+            latent_channels=4,
+            block_out_channels=architecture.vae_channels,
+            down_block_types=("DownEncoderBlock2D",) * 4,
+            up_block_types=("UpDecoderBlock2D",) * 4,
+            layers_per_block=architecture.vae_layers_per_block,
+            norm_num_groups=architecture.vae_norm_groups,
+            sample_size=architecture.unet_sample_size * 8,
+        )
+    betas = {"beta_start": 0.00085, "beta_end": 0.012, "beta_schedule": "scaled_linear"}
+    scheduler: Any
+    if architecture.scheduler == "pndm":
+        scheduler = PNDMScheduler(**betas, skip_prk_steps=True, steps_offset=1)
+    else:
+        scheduler = EulerDiscreteScheduler(
+            num_train_timesteps=1000, **betas, timestep_spacing="trailing", steps_offset=1
+        )
     return StableDiffusionPipeline(
         vae=vae,
         text_encoder=text_encoder,
@@ -147,8 +214,7 @@ def ensure_tiny_model(path: Path | str = DEFAULT_TINY_MODEL_DIR, *, force: bool 
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".tiny-model-build-", dir=target.parent))
     try:
-        pipeline = build_tiny_pipeline(staging / "tokenizer-src")
-        pipeline.save_pretrained(str(staging / "model"))  # type: ignore[attr-defined]
+        build_random_pipeline(TINY_ARCHITECTURE).save_pretrained(str(staging / "model"))
         if force and target.exists():
             shutil.rmtree(target)
         try:

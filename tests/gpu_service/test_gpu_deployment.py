@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+import fnmatch
+import re
 from pathlib import Path
 from typing import Any
 
@@ -9,7 +12,8 @@ import yaml
 
 from gpu_service.settings import Settings
 
-GPU_SERVICE = Path(__file__).resolve().parents[2] / "gpu_service"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+GPU_SERVICE = REPO_ROOT / "gpu_service"
 K8S = GPU_SERVICE / "k8s"
 
 
@@ -23,9 +27,52 @@ def _documents() -> dict[str, dict[str, Any]]:
     return documents
 
 
+def _pod(documents: dict[str, dict[str, Any]], deployment: str) -> dict[str, Any]:
+    pod: dict[str, Any] = documents[f"Deployment/{deployment}"]["spec"]["template"]
+    return pod
+
+
 def _container(documents: dict[str, dict[str, Any]], deployment: str) -> dict[str, Any]:
-    [container] = documents[f"Deployment/{deployment}"]["spec"]["template"]["spec"]["containers"]
+    [container] = _pod(documents, deployment)["spec"]["containers"]
     return container
+
+
+def _copied_into_the_image() -> set[str]:
+    """Repository paths that the Dockerfile's COPY instructions name (all but the last word)."""
+    text = (GPU_SERVICE / "Dockerfile").read_text().replace("\\\n", " ")
+    copied: set[str] = set()
+    for line in text.splitlines():
+        words = line.split()
+        if words[:1] == ["COPY"]:
+            copied.update(word for word in words[1:-1] if not word.startswith("--"))
+    return copied
+
+
+def _module_level_imports(module: str) -> set[str]:
+    """Our modules that ``module`` imports when it is imported (not those imported inside a
+    function, such as cli's development-only tiny model)."""
+    package = module.split(".")[0]
+    root = REPO_ROOT / "layers" / "common" if package == "imagegen_common" else REPO_ROOT
+    tree = ast.parse((root / (module.replace(".", "/") + ".py")).read_text())
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return {name for name in names if name.split(".")[0] in ("gpu_service", "imagegen_common")}
+
+
+def _runtime_modules() -> set[str]:
+    """gpu_service.server and gpu_service.worker, and our modules they import, transitively."""
+    found: set[str] = set()
+    pending = ["gpu_service.server", "gpu_service.worker"]
+    while pending:
+        module = pending.pop()
+        if module not in found:
+            found.add(module)
+            pending.extend(_module_level_imports(module))
+    return found
 
 
 def test_kustomization_lists_every_manifest() -> None:
@@ -71,3 +118,71 @@ def test_dockerfile_runs_as_non_root_with_a_health_check_and_the_shared_model() 
     requirements = (GPU_SERVICE / "requirements.txt").read_text().splitlines()
     pins = [line for line in requirements if line and not line.startswith("#")]
     assert pins and all("==" in line for line in pins)
+
+
+def test_the_image_holds_the_runtime_modules_and_nothing_of_the_development_ones() -> None:
+    modules = _runtime_modules()
+    needed = {
+        f"gpu_service/{module.removeprefix('gpu_service.')}.py"
+        for module in modules
+        if module.startswith("gpu_service.")
+    } | {"gpu_service/__init__.py"}
+    needed |= {
+        f"layers/common/imagegen_common/{module.removeprefix('imagegen_common.')}.py"
+        for module in modules
+        if module.startswith("imagegen_common.")
+    } | {"layers/common/imagegen_common/__init__.py"}
+    copied = _copied_into_the_image()
+    assert {path for path in copied if path.endswith(".py")} == needed
+    assert "gpu_service/bench.py" not in copied
+    assert "gpu_service/tiny_model.py" not in copied
+    # The build context (BuildKit's Dockerfile-specific ignore file) lets every copied file in.
+    ignore = (GPU_SERVICE / "Dockerfile.dockerignore").read_text().splitlines()
+    allowed = [line[1:] for line in ignore if line.startswith("!")]
+    assert "*" in ignore
+    for path in copied:
+        assert any(fnmatch.fnmatch(path, pattern) for pattern in allowed), path
+
+
+def test_pods_run_read_only_with_a_writable_tmp_and_the_worker_alone_has_the_aws_role() -> None:
+    documents = _documents()
+    for deployment in ("imagegen-gpu-server", "imagegen-gpu-worker"):
+        pod = _pod(documents, deployment)["spec"]
+        container = _container(documents, deployment)
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        mounts = {mount["mountPath"]: mount["name"] for mount in container["volumeMounts"]}
+        volumes = {volume["name"]: volume for volume in pod["volumes"]}
+        assert "emptyDir" in volumes[mounts["/tmp"]]
+        assert mounts["/models"] == "model-cache"
+        assert pod["securityContext"]["seccompProfile"]["type"] == "RuntimeDefault"
+    liveness_file = {
+        item["name"]: item["value"] for item in _container(documents, "imagegen-gpu-worker")["env"]
+    }["LIVENESS_FILE"]
+    assert liveness_file.startswith("/tmp/")
+
+    server = _pod(documents, "imagegen-gpu-server")["spec"]
+    assert "serviceAccountName" not in server  # no IRSA role: it calls no AWS API
+    assert server["automountServiceAccountToken"] is False
+    worker = _pod(documents, "imagegen-gpu-worker")["spec"]
+    account = documents[f"ServiceAccount/{worker['serviceAccountName']}"]
+    assert "eks.amazonaws.com/role-arn" in account["metadata"]["annotations"]
+
+
+def test_every_object_is_in_the_namespace_and_every_pod_under_a_network_policy() -> None:
+    documents = _documents()
+    kustomization = yaml.safe_load((K8S / "kustomization.yaml").read_text())
+    namespace = kustomization["namespace"]
+    assert documents[f"Namespace/{namespace}"]
+    for key, document in documents.items():
+        if not key.startswith("Namespace/"):
+            assert document["metadata"]["namespace"] == namespace, key
+    selected = [
+        document["spec"]["podSelector"]["matchLabels"]
+        for key, document in documents.items()
+        if key.startswith("NetworkPolicy/")
+    ]
+    for deployment in ("imagegen-gpu-server", "imagegen-gpu-worker"):
+        labels = _pod(documents, deployment)["metadata"]["labels"]
+        assert any(selector.items() <= labels.items() for selector in selected), deployment
+    image = kustomization["images"][0]
+    assert re.fullmatch(r"sha256:\S+", image["digest"])  # pods run the image that was tested

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 from collections.abc import Callable
@@ -13,7 +14,7 @@ from PIL import Image
 
 from gpu_service.engine import Engine, ImageSpec, plan_batches
 from gpu_service.settings import Settings
-from gpu_service.tiny_model import ensure_tiny_model
+from gpu_service.tiny_model import SD15_ARCHITECTURE, build_random_pipeline, ensure_tiny_model
 
 
 def _decode(png: bytes) -> Image.Image:
@@ -45,6 +46,17 @@ def test_tiny_model_is_saved_with_pretrained_layout_and_rebuilt_only_when_missin
     before = (tiny_model_dir / "unet").stat().st_mtime_ns
     assert ensure_tiny_model(tiny_model_dir) == tiny_model_dir
     assert (tiny_model_dir / "unet").stat().st_mtime_ns == before
+
+
+def test_the_benchmarks_architecture_is_sd15s() -> None:
+    # On the meta device: the shapes without the memory or the time of a billion parameters.
+    pipeline = build_random_pipeline(SD15_ARCHITECTURE, device="meta")
+    parameters = {
+        name: sum(tensor.numel() for tensor in getattr(pipeline, name).parameters())
+        for name in ("unet", "vae", "text_encoder")
+    }
+    assert parameters == {"unet": 859_520_964, "vae": 83_653_863, "text_encoder": 123_060_480}
+    assert type(pipeline.scheduler).__name__ == "PNDMScheduler"
 
 
 def test_loaded_engine_uses_cpu_float32_and_the_saved_pipeline(engine: Engine) -> None:
@@ -88,6 +100,14 @@ def test_batch_of_n_returns_n_images_in_order(engine: Engine) -> None:
 def test_batch_with_mixed_sizes_is_refused(engine: Engine) -> None:
     with pytest.raises(ValueError, match="share"):
         engine.generate([_spec(1), _spec(2, width=128)])
+    with pytest.raises(ValueError, match="share"):
+        asyncio.run(engine.generate_async([_spec(1), _spec(2, width=128)]))
+
+
+def test_generate_async_gives_what_generate_gives(engine: Engine) -> None:
+    specs = [_spec(21), _spec(22, prompt="a harbour")]
+    assert asyncio.run(engine.generate_async(specs)) == engine.generate(specs)
+    assert asyncio.run(engine.generate_async([])) == []
 
 
 def test_unknown_scheduler_name_is_refused(make_settings: Callable[..., Settings]) -> None:

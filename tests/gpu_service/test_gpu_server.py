@@ -5,33 +5,53 @@ from __future__ import annotations
 import io
 import re
 import threading
-import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any, NamedTuple
 
 import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from gpu_service.engine import Engine, ImageSpec
+from gpu_service.batching import MicroBatcher
+from gpu_service.engine import Engine
 from gpu_service.server import ServiceState, create_app
 from gpu_service.settings import Settings
+from tests.gpu_service.conftest import wait_for, wait_until
 
 
-class GatedEngine(Engine):
-    """The tiny engine, but each generate call waits for ``gate`` (to hold a batch in flight)."""
+class GatedPipeline:
+    """The tiny pipeline, but each call waits for ``gate``: a batch stays in flight until the
+    test opens it. Records the size of each batch it is called with."""
 
-    def __init__(self, inner: Engine) -> None:
-        super().__init__(inner.pipeline, model_id=inner.model_id, device="cpu", dtype=inner.dtype)
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
         self.gate = threading.Event()
         self.in_flight = threading.Event()
+        self.batch_sizes: list[int] = []
 
-    def generate(self, specs: Sequence[ImageSpec]) -> list[bytes]:
+    def __call__(self, **arguments: Any) -> Any:
+        self.batch_sizes.append(len(arguments["prompt"]))
         self.in_flight.set()
         if not self.gate.wait(timeout=30):
             raise TimeoutError("gate never opened")
-        return super().generate(specs)
+        return self.inner(**arguments)
+
+
+class Gated(NamedTuple):
+    engine: Engine
+    pipeline: GatedPipeline
+
+
+@pytest.fixture
+def gated(engine: Engine) -> Iterator[Gated]:
+    """An engine of its own (its own thread) whose pipeline calls wait for ``pipeline.gate``."""
+    pipeline = GatedPipeline(engine.pipeline)
+    gated_engine = Engine(pipeline, model_id=engine.model_id, device="cpu", dtype=engine.dtype)
+    yield Gated(gated_engine, pipeline)
+    pipeline.gate.set()
+    gated_engine.close()
 
 
 def _service(app: FastAPI) -> ServiceState:
@@ -40,12 +60,14 @@ def _service(app: FastAPI) -> ServiceState:
     return state
 
 
-def _wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met in time")
-        time.sleep(0.01)
+def _batcher(client: TestClient) -> MicroBatcher:
+    batcher = _service(client.app).batcher  # type: ignore[arg-type]
+    assert batcher is not None
+    return batcher
+
+
+def _wait_until_ready(client: TestClient) -> None:
+    wait_until(lambda: client.get("/readyz").status_code == 200, what="/readyz answers 200")
 
 
 @pytest.fixture
@@ -69,7 +91,7 @@ def ready_client(
     client_for: Callable[..., TestClient], make_settings: Callable[..., Settings]
 ) -> TestClient:
     client = client_for(make_settings())
-    _wait_until(lambda: client.get("/readyz").status_code == 200)
+    _wait_until_ready(client)
     return client
 
 
@@ -131,19 +153,19 @@ def test_readiness_turns_on_only_after_the_model_is_loaded(
     assert "retry-after" in early.headers
 
     loading_may_finish.set()
-    _wait_until(lambda: client.get("/readyz").status_code == 200)
+    _wait_until_ready(client)
     assert client.post("/generate", json={"prompt": "now"}).status_code == 200
 
 
 def test_readiness_waits_for_the_warm_up(
-    client_for: Callable[..., TestClient], make_settings: Callable[..., Settings], engine: Engine
+    client_for: Callable[..., TestClient], make_settings: Callable[..., Settings], gated: Gated
 ) -> None:
-    gated = GatedEngine(engine)
-    client = client_for(make_settings(warmup=True), lambda _settings: gated)
-    assert gated.in_flight.wait(timeout=10)  # the warm-up generation has started
+    pipeline = gated.pipeline
+    client = client_for(make_settings(warmup=True), lambda _settings: gated.engine)
+    wait_for(pipeline.in_flight, what="the warm-up generation started")
     assert client.get("/readyz").status_code == 503
-    gated.gate.set()
-    _wait_until(lambda: client.get("/readyz").status_code == 200)
+    pipeline.gate.set()
+    _wait_until_ready(client)
 
 
 def test_a_failed_load_fails_the_liveness_check(
@@ -153,32 +175,34 @@ def test_a_failed_load_fails_the_liveness_check(
         raise OSError("no such model")
 
     client = client_for(make_settings(), broken_loader)
-    _wait_until(lambda: client.get("/healthz").status_code == 500)
+    wait_until(lambda: client.get("/healthz").status_code == 500, what="/healthz answers 500")
     assert "no such model" in client.get("/healthz").json()["error"]
     assert client.get("/readyz").status_code == 503
 
 
 def test_concurrent_requests_are_micro_batched(
-    client_for: Callable[..., TestClient], make_settings: Callable[..., Settings], engine: Engine
+    client_for: Callable[..., TestClient], make_settings: Callable[..., Settings], gated: Gated
 ) -> None:
-    gated = GatedEngine(engine)
-    client = client_for(make_settings(max_batch=4, batch_wait_ms=50), lambda _s: gated)
-    _wait_until(lambda: client.get("/readyz").status_code == 200)
+    pipeline = gated.pipeline
+    client = client_for(make_settings(max_batch=4, batch_wait_ms=50), lambda _s: gated.engine)
+    _wait_until_ready(client)
+    batcher = _batcher(client)
     bodies = [{"prompt": f"tile {i}", "seed": i, "width": 64, "height": 64} for i in range(8)]
     bodies += [{"prompt": "wide", "seed": 99, "width": 128, "height": 64}]
     with ThreadPoolExecutor(max_workers=len(bodies)) as pool:
         futures = [pool.submit(client.post, "/generate", json=body) for body in bodies]
-        # The first batch is held in the engine while the others queue up behind it.
-        assert gated.in_flight.wait(timeout=10)
-        _wait_until(lambda: _service(client.app).batcher.queue_depth >= 1)  # type: ignore[attr-defined,union-attr]
-        time.sleep(0.3)
-        gated.gate.set()
+        # The first batch is held in the pipeline until every other request waits behind it.
+        wait_for(pipeline.in_flight, what="the first batch reached the pipeline")
+        waiting = len(bodies) - pipeline.batch_sizes[0]
+        wait_until(lambda: batcher.queue_depth == waiting, what=f"{waiting} requests waiting")
+        pipeline.gate.set()
         responses = [future.result(timeout=60) for future in futures]
 
     assert [response.status_code for response in responses] == [200] * len(bodies)
     sizes = [Image.open(io.BytesIO(response.content)).size for response in responses]
     assert sizes == [(64, 64)] * 8 + [(128, 64)]
-    batches = list(_service(client.app).batcher.batches)  # type: ignore[attr-defined,union-attr]
+    batches = list(batcher.batches)
+    assert [batch.size for batch in batches] == pipeline.batch_sizes  # one pipeline call each
     assert sum(batch.size for batch in batches) == len(bodies)
     assert max(batch.size for batch in batches) > 1
     assert all(batch.size <= 4 for batch in batches)
@@ -194,25 +218,25 @@ def test_concurrent_requests_are_micro_batched(
 
 
 def test_overload_answers_503_with_retry_after(
-    client_for: Callable[..., TestClient], make_settings: Callable[..., Settings], engine: Engine
+    client_for: Callable[..., TestClient], make_settings: Callable[..., Settings], gated: Gated
 ) -> None:
-    gated = GatedEngine(engine)
+    pipeline = gated.pipeline
     client = client_for(
-        make_settings(max_batch=1, max_queue=1, retry_after_seconds=7), lambda _s: gated
+        make_settings(max_batch=1, max_queue=1, retry_after_seconds=7), lambda _s: gated.engine
     )
-    _wait_until(lambda: client.get("/readyz").status_code == 200)
-    state = _service(client.app)  # type: ignore[arg-type]
+    _wait_until_ready(client)
+    batcher = _batcher(client)
     with ThreadPoolExecutor(max_workers=2) as pool:
         in_flight = pool.submit(client.post, "/generate", json={"prompt": "first"})
-        assert gated.in_flight.wait(timeout=10)
+        wait_for(pipeline.in_flight, what="the first request reached the pipeline")
         queued = pool.submit(client.post, "/generate", json={"prompt": "second"})
-        _wait_until(lambda: state.batcher is not None and state.batcher.queue_depth == 1)
+        wait_until(lambda: batcher.queue_depth == 1, what="the second request waiting")
 
         refused = client.post("/generate", json={"prompt": "third"})
         assert refused.status_code == 503
         assert refused.headers["retry-after"] == "7"
 
-        gated.gate.set()
+        pipeline.gate.set()
         assert in_flight.result(timeout=30).status_code == 200
         assert queued.result(timeout=30).status_code == 200
     assert 'imagegen_gpu_requests_total{outcome="overloaded"} 1.0' in client.get("/metrics").text

@@ -40,6 +40,7 @@ WILDCARD_RESOURCE_ALLOWED = {
     "resource-level permissions",
 }
 
+
 @cache
 def template() -> dict[str, Any]:
     return yaml_parse(TEMPLATE_PATH.read_text())

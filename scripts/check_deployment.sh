@@ -1,0 +1,84 @@
+#!/usr/bin/env bash
+# Checks of the GPU service's deployment artefacts, as scripts/check_template.sh checks the SAM
+# application: hadolint on gpu_service/Dockerfile; the manifests in gpu_service/k8s against
+# Kubernetes' schemas (kubernetes-validate --strict) and KEDA's objects against KEDA's CRDs
+# (scripts/validate_keda_manifests.py); checkov's dockerfile and kubernetes frameworks on both.
+# A check is skipped only where it applies, with its reason: `# hadolint ignore=` above the
+# instruction, `checkov.io/skipN` annotations on the manifest.
+# The tools live in their own venv (.venv-deploy, from requirements/deployment.txt; checkov in
+# .venv-checkov as for the template), created or updated here when the pins change.
+set -euo pipefail
+
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$REPO_ROOT"
+
+BASE_PYTHON="${BASE_PYTHON:-python3}"
+K8S_DIR=gpu_service/k8s
+# Read by kustomize, not by the API server: no schema; test_gpu_deployment.py checks its list.
+KUSTOMIZATION="${K8S_DIR}/kustomization.yaml"
+# KEDA's kinds: not in Kubernetes' schemas; validated against KEDA's CRDs instead.
+KEDA_MANIFESTS=("${K8S_DIR}/worker-scaledobject.yaml")
+
+step() {  # step NAME CMD...: print, run and time one command
+  local name="$1"; shift
+  echo "==> ${name}: $*"
+  local start=$SECONDS
+  "$@"
+  echo "<== ${name}: ok in $((SECONDS - start)) s"
+}
+
+ensure_venv() {  # ensure_venv DIR REQUIREMENTS: (re)install only when the pins changed
+  local dir="$1" requirements="$2"
+  local stamp="${dir}/.requirements.sha256" log="${dir}/pip-install.log"
+  local want
+  want="$(sha256sum "$requirements" | cut -d' ' -f1)"
+  if [[ -x "${dir}/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
+    echo "==> ${dir} is up to date with ${requirements}"
+    return
+  fi
+  echo "==> installing ${requirements} into ${dir} (about 30 s; full log: ${log})"
+  local start=$SECONDS
+  [[ -x "${dir}/bin/python" ]] || "$BASE_PYTHON" -m venv "$dir"
+  # One line per package as pip gets to it, so a slow install shows where it is.
+  if ! "${dir}/bin/python" -m pip install --disable-pip-version-check --progress-bar off \
+      -r "$requirements" 2>&1 | tee "$log" \
+      | { grep --line-buffered -E '^(Collecting|Successfully installed)' || true; } \
+      | sed -u -e 's/^/    /'; then
+    cat "$log"
+    exit 1
+  fi
+  echo "$want" > "$stamp"
+  echo "<== ${dir} installed in $((SECONDS - start)) s"
+}
+
+validate_kubernetes_manifests() {  # every manifest but the two kinds above, strictly
+  local manifests=() path output
+  for path in "${K8S_DIR}"/*.yaml; do
+    [[ "$path" == "$KUSTOMIZATION" || " ${KEDA_MANIFESTS[*]} " == *" ${path} "* ]] && continue
+    manifests+=("$path")
+  done
+  output="$(.venv-deploy/bin/kubernetes-validate --strict "${manifests[@]}")" || {
+    echo "$output"
+    return 1
+  }
+  echo "$output"
+  # kubernetes-validate passes a kind it has no schema for with a warning: here that fails, so
+  # a new kind is either Kubernetes' own or named above.
+  if grep -q '^WARN' <<< "$output"; then
+    echo "a manifest has a kind without a Kubernetes schema: validate it or name it above" >&2
+    return 1
+  fi
+}
+
+total_start=$SECONDS
+ensure_venv .venv-deploy requirements/deployment.txt
+ensure_venv .venv-checkov requirements/checkov.txt
+
+step "hadolint" .venv-deploy/bin/hadolint --no-color gpu_service/Dockerfile
+step "kubernetes-validate" validate_kubernetes_manifests
+step "KEDA manifests" .venv-deploy/bin/python scripts/validate_keda_manifests.py \
+  "${KEDA_MANIFESTS[@]}"
+step "checkov" .venv-checkov/bin/checkov -d gpu_service --framework dockerfile kubernetes \
+  --skip-download --compact --quiet
+
+echo "all deployment checks passed in $((SECONDS - total_start)) s"
