@@ -76,9 +76,11 @@ total_start=$SECONDS
 ensure_venv .venv-sam requirements/sam.txt
 ensure_venv .venv-checkov requirements/checkov.txt
 
-step "cfn-lint" .venv-sam/bin/cfn-lint template.yaml
+# The main template and its nested application (the optional ECS GPU worker).
+step "cfn-lint" .venv-sam/bin/cfn-lint template.yaml gpu_service/ecs/template.yaml
 step "sam validate --lint" .venv-sam/bin/sam validate --lint --template-file template.yaml
-step "checkov" .venv-checkov/bin/checkov -f template.yaml --framework cloudformation \
+step "checkov" .venv-checkov/bin/checkov -f template.yaml -f gpu_service/ecs/template.yaml \
+  --framework cloudformation \
   --config-file .checkov.yaml \
   --skip-download --compact --quiet
 

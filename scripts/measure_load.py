@@ -31,10 +31,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--workers", type=int, default=1, help="GPU worker processes")
     parser.add_argument("--size", default="128x128", help="WIDTHxHEIGHT of each image")
     parser.add_argument("--timeout", type=float, default=600.0, help="seconds to wait in all")
+    parser.add_argument(
+        "--concurrency", type=int, default=None, help="execution environments per function"
+    )
     args = parser.parse_args(argv)
     width, height = (int(part) for part in args.size.split("x"))
     logging.basicConfig(level=logging.ERROR)
     warnings.filterwarnings("ignore")
+    for name in ("moto", "werkzeug", "imagegen"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
 
     options = LocalStackOptions(
         api_port=0,
@@ -43,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
         parameters={"LogLevel": "WARNING", "AllowedSizes": f"{args.size},512x512"},
         function_environment={"POWERTOOLS_METRICS_DISABLED": "true"},
     )
+    if args.concurrency:
+        options.function_concurrency = args.concurrency
     submitted_at: dict[str, float] = {}
     statuses: collections.Counter[int] = collections.Counter()
     refused: list[str] = []

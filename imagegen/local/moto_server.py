@@ -63,6 +63,11 @@ class MotoServer:
         from moto.core.config import default_user_config
 
         self._server.stop()  # type: ignore[attr-defined]
+        # moto's backends are process-wide, not per server: without a reset, the next stack in
+        # this process (a test's) would find this one's resources, its stack name taken.
+        from moto.moto_api import _internal
+
+        _internal.moto_api_backend.reset()
         # The config is process-wide: give later in-process mocks moto's defaults back.
         default_user_config.update(self._previous_config)  # type: ignore[typeddict-item]
 

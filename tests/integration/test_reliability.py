@@ -120,8 +120,10 @@ class Harness:
         return int(attributes["ApproximateNumberOfMessagesNotVisible"])
 
 
-def local_stack(**options: Any) -> Iterator[Harness]:
-    settings = LocalStackOptions(api_port=0, bedrock="fake", parameters=dict(PARAMETERS), **options)
+def local_stack(parameters: dict[str, str] | None = None, **options: Any) -> Iterator[Harness]:
+    settings = LocalStackOptions(
+        api_port=0, bedrock="fake", parameters={**PARAMETERS, **(parameters or {})}, **options
+    )
     lines: list[str] = []
     with LocalStack(settings, say=lines.append) as stack:
         harness = Harness(stack)
