@@ -145,11 +145,6 @@ def test_globals_environment_covers_every_setting() -> None:
     assert not settings - variables, f"settings no function receives: {settings - variables}"
 
 
-def test_event_bus_name_uses_getatt_everywhere() -> None:
-    text = json.dumps(template())
-    assert '{"Ref": "ImageEventsBus"}' not in text, "use !GetAtt ImageEventsBus.Name (moto)"
-
-
 # --- Least privilege -----------------------------------------------------------------------
 
 
