@@ -61,7 +61,14 @@ def _quiet_libraries(verbose: bool) -> None:
     )
     if not verbose:
         # moto logs each resource type it skips and each failed state; werkzeug each request.
-        for name in ("moto", "werkzeug", "botocore", "imagegen.local.lambda_runtime"):
+        # samtranslator warns of its unsent usage metrics each time a template is translated.
+        for name in (
+            "moto",
+            "werkzeug",
+            "botocore",
+            "samtranslator",
+            "imagegen.local.lambda_runtime",
+        ):
             logging.getLogger(name).setLevel(logging.CRITICAL)
         import warnings
 
@@ -77,6 +84,10 @@ def _stack_options(args: argparse.Namespace) -> Any:
 
     parameters = _parameters(args.parameter_overrides)
     function_environment: dict[str, str] = {}
+    if not args.verbose:
+        # The functions run in processes of their own: the warning _quiet_libraries hides here
+        # (powertools' "No application metrics to publish") is hidden there too.
+        function_environment["PYTHONWARNINGS"] = "ignore:No application metrics to publish"
     if args.command == "demo" and not args.verbose:
         # The demo shows the workflow's outcome; the functions' INFO logs and metric records
         # (CloudWatch's embedded format) would bury it. `imagegen local` shows them.
@@ -87,7 +98,7 @@ def _stack_options(args: argparse.Namespace) -> Any:
         api_port=args.port,
         moto_port=args.moto_port,
         bedrock=args.bedrock,
-        gpu_worker=not args.no_gpu_worker,
+        gpu_workers=0 if args.no_gpu_worker else args.gpu_workers,
         model_id=args.model_id,
         parameters=parameters,
         function_environment=function_environment,
@@ -294,6 +305,12 @@ def cmd_invoke(args: argparse.Namespace) -> int:
 # --- parser --------------------------------------------------------------------------------------
 
 
+def _count(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"wants a whole number of 0 or more, got {text!r}")
+    return int(text)
+
+
 def _add_stack_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--template", default=str(DEFAULT_TEMPLATE), help="SAM template (default: %(default)s)"
@@ -310,7 +327,16 @@ def _add_stack_arguments(parser: argparse.ArgumentParser) -> None:
         default="aws",
         help="fake: answer the Bedrock branch with the local stand-in; aws: Amazon Bedrock itself",
     )
-    parser.add_argument("--no-gpu-worker", action="store_true", help="do not start the GPU worker")
+    parser.add_argument(
+        "--gpu-workers",
+        type=_count,
+        default=1,
+        metavar="N",
+        help="GPU worker processes to start (default: 1; 0: none)",
+    )
+    parser.add_argument(
+        "--no-gpu-worker", action="store_true", help="start no GPU worker (--gpu-workers 0)"
+    )
     parser.add_argument(
         "--model-id", default=None, help="GPU worker model (default: MODEL_ID, else the tiny model)"
     )

@@ -2,36 +2,97 @@
 
 moto does not invoke ``aws_proxy`` integrations over its own API Gateway URL, so this server
 matches the template's routes (``DeployedStack.routes``), builds the REST (v1) Lambda proxy
-event API Gateway would send, runs the function in-process and writes its response back.
-Like ``sam local start-api`` it does not enforce API keys; a given ``x-api-key`` shows up in
-``requestContext.identity`` as it would on AWS.
+event API Gateway would send, runs the function through the stack's Lambda runtime and writes
+its response back. Like ``sam local start-api`` it does not enforce API keys; a given
+``x-api-key`` shows up in ``requestContext.identity`` as it would on AWS.
+
+It keeps API Gateway's limits and answers: a body over 10 MB is refused with 413 (from its
+Content-Length, before reading it, or as soon as a chunked body passes the limit); the
+integration times out after 29 s with 504; a path or method without a route gets 403 "Missing
+Authentication Token"; a failed function or a malformed proxy response gets 502. These answers
+are the API's gateway responses (``x-amazon-apigateway-gateway-responses`` in the RestApi's
+body, as the template defines them), rendered as API Gateway renders them. A body that stops
+arriving is answered 408 after ``body_timeout_s`` (on AWS the edge in front of API Gateway does
+that; no gateway response applies).
+
+The HTTP server is uvicorn (an ASGI app, in a background thread) with a large listen backlog;
+each integration runs in a thread pool sized for a few hundred concurrent requests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import errno
 import hashlib
 import json
 import logging
 import re
+import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from enum import StrEnum
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from imagegen.local.deploy import ApiRoute, DeployedStack
-from imagegen.local.lambda_runtime import DEFAULT_ACCOUNT_ID, LambdaRuntime
-from imagegen.local.moto_server import ensure_port_free
+from imagegen.local.lambda_runtime import DEFAULT_ACCOUNT_ID, FunctionSpec, LambdaRuntime
+from imagegen.local.moto_server import PortInUseError, ensure_port_free
+from imagegen_common.models import ApiError, ErrorCode, ErrorResponse
 
 logger = logging.getLogger(__name__)
 
+MAX_BODY_BYTES = 10 * 1024 * 1024
+"""API Gateway's payload limit."""
+INTEGRATION_TIMEOUT_S = 29.0
+"""API Gateway's default integration timeout."""
+BODY_TIMEOUT_S = 5.0
+"""How long a request body may pause before the request is answered 408 and closed."""
+LISTEN_BACKLOG = 2048
+MAX_CONCURRENT_INTEGRATIONS = 256
+
 _TEXT_TYPES = ("text/", "application/json", "application/xml", "application/javascript")
+
+
+class GatewayResponseType(StrEnum):
+    """The gateway response types (API Gateway's names) this server answers with."""
+
+    MISSING_AUTHENTICATION_TOKEN = "MISSING_AUTHENTICATION_TOKEN"  # noqa: S105 (not a secret)
+    REQUEST_TOO_LARGE = "REQUEST_TOO_LARGE"
+    INTEGRATION_TIMEOUT = "INTEGRATION_TIMEOUT"
+    DEFAULT_4XX = "DEFAULT_4XX"
+    DEFAULT_5XX = "DEFAULT_5XX"
+
+
+# For each type: API Gateway's default status and message, and the code of the one error shape
+# when the template defines neither the type nor a DEFAULT_4XX/DEFAULT_5XX.
+_GATEWAY_ERRORS: dict[GatewayResponseType, tuple[int, str, ErrorCode]] = {
+    GatewayResponseType.MISSING_AUTHENTICATION_TOKEN: (
+        403,
+        "Missing Authentication Token",
+        ErrorCode.FORBIDDEN,
+    ),
+    GatewayResponseType.REQUEST_TOO_LARGE: (413, "Request Too Long", ErrorCode.PAYLOAD_TOO_LARGE),
+    GatewayResponseType.INTEGRATION_TIMEOUT: (
+        504,
+        "Endpoint request timed out",
+        ErrorCode.GATEWAY_TIMEOUT,
+    ),
+    GatewayResponseType.DEFAULT_4XX: (400, "Bad request", ErrorCode.VALIDATION_ERROR),
+    GatewayResponseType.DEFAULT_5XX: (502, "Internal server error", ErrorCode.INTERNAL_ERROR),
+}
+_ERROR_TYPE_HEADERS = {
+    GatewayResponseType.MISSING_AUTHENTICATION_TOKEN: "MissingAuthenticationTokenException"
+}
+
+
+# --- Routes and proxy events -----------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -84,6 +145,7 @@ def build_proxy_event(
     stage: str,
     api_id: str,
     source_ip: str = "127.0.0.1",
+    request_id: str | None = None,
 ) -> dict[str, Any]:
     """The REST API (v1) Lambda proxy event API Gateway sends for this request."""
     single_headers: dict[str, str] = {}
@@ -112,7 +174,6 @@ def build_proxy_event(
         encoded_body = body.decode("utf-8", errors="replace")
     else:
         encoded_body = base64.b64encode(body).decode()
-    request_id = str(uuid.uuid4())
     return {
         "resource": match.route.resource,
         "path": path,
@@ -131,7 +192,7 @@ def build_proxy_event(
             "httpMethod": method,
             "path": f"/{stage}{path}",
             "stage": stage,
-            "requestId": request_id,
+            "requestId": request_id or str(uuid.uuid4()),
             "extendedRequestId": base64.b64encode(uuid.uuid4().bytes).decode()[:16],
             "requestTime": now.strftime("%d/%b/%Y:%H:%M:%S +0000"),
             "requestTimeEpoch": int(now.timestamp() * 1000),
@@ -164,6 +225,9 @@ def build_proxy_event(
     }
 
 
+# --- Responses ---------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class HttpResponse:
     status: int
@@ -171,23 +235,14 @@ class HttpResponse:
     body: bytes
 
 
-def _gateway_error(status: HTTPStatus, message: str) -> HttpResponse:
-    body = json.dumps({"message": message}).encode()
-    return HttpResponse(
-        int(status),
-        [
-            ("Content-Type", "application/json"),
-            ("x-amzn-ErrorType", status.phrase.replace(" ", "")),
-        ],
-        body,
-    )
+class MalformedProxyResponse(ValueError):
+    """A proxy integration's result that is not ``{"statusCode": int, ...}``."""
 
 
 def proxy_response(result: Any) -> HttpResponse:
-    """The HTTP response for a proxy integration's result; 502 if it is malformed, as on AWS."""
+    """The HTTP response for a proxy integration's result; raises MalformedProxyResponse."""
     if not isinstance(result, Mapping) or not isinstance(result.get("statusCode"), int):
-        logger.error("malformed Lambda proxy response: %r", result)
-        return _gateway_error(HTTPStatus.BAD_GATEWAY, "Internal server error")
+        raise MalformedProxyResponse(f"malformed Lambda proxy response: {result!r:.500}")
     headers: list[tuple[str, str]] = []
     multi = result.get("multiValueHeaders") or {}
     for name, values in multi.items():
@@ -202,13 +257,192 @@ def proxy_response(result: Any) -> HttpResponse:
     return HttpResponse(int(result["statusCode"]), headers, body)
 
 
-class LocalApiGateway:
-    """Routes HTTP requests to the stack's functions (one REST API's routes)."""
+_CONTEXT_REFERENCE = re.compile(
+    r"\$!?(?:\{(?P<braced>context(?:\.\w+)+)\}|(?P<bare>context(?:\.\w+)+))"
+)
 
-    def __init__(self, stack: DeployedStack, runtime: LambdaRuntime) -> None:
+
+@dataclass(frozen=True)
+class GatewayResponse:
+    """One entry of ``x-amazon-apigateway-gateway-responses``: status, headers, templates."""
+
+    status: int | None = None
+    parameters: dict[str, str] = field(default_factory=dict)
+    templates: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_definition(cls, definition: Mapping[str, Any]) -> GatewayResponse:
+        status = definition.get("statusCode")
+        return cls(
+            status=int(status) if status not in (None, "") else None,
+            parameters={
+                str(k): str(v) for k, v in (definition.get("responseParameters") or {}).items()
+            },
+            templates={
+                str(k): str(v) for k, v in (definition.get("responseTemplates") or {}).items()
+            },
+        )
+
+    def render(
+        self,
+        status: int,
+        context: Mapping[str, str],
+        request_headers: Sequence[tuple[str, str]],
+    ) -> HttpResponse:
+        """The response, with ``$context.*`` references of the template filled in as VTL would."""
+        template = self.templates.get("application/json")
+        content_type = "application/json"
+        if template is None and self.templates:
+            content_type, template = next(iter(self.templates.items()))
+        if template is None:  # API Gateway's own template
+            template = '{"message":$context.error.messageString}'
+
+        def value_of(found: re.Match[str]) -> str:
+            name = found.group("braced") or found.group("bare")
+            return context.get(name, found.group(0))  # an unknown reference stays as written
+
+        body = _CONTEXT_REFERENCE.sub(value_of, template).encode()
+        requested = {name.lower(): value for name, value in request_headers}
+        headers: dict[str, str] = {}
+        for target, source in self.parameters.items():
+            prefix = "gatewayresponse.header."
+            if not target.startswith(prefix):
+                continue
+            if len(source) >= 2 and source.startswith("'") and source.endswith("'"):
+                headers[target[len(prefix) :]] = source[1:-1]
+            elif source.startswith("method.request.header."):
+                value = requested.get(source[len("method.request.header.") :].lower())
+                if value is not None:
+                    headers[target[len(prefix) :]] = value
+        if not any(name.lower() == "content-type" for name in headers):
+            headers["Content-Type"] = content_type
+        return HttpResponse(self.status or status, list(headers.items()), body)
+
+
+def gateway_responses_from_body(body: Mapping[str, Any]) -> dict[str, GatewayResponse]:
+    """The gateway responses an API definition (Swagger/OpenAPI body) declares, by type."""
+    declared = body.get("x-amazon-apigateway-gateway-responses") or {}
+    return {
+        str(kind): GatewayResponse.from_definition(definition)
+        for kind, definition in declared.items()
+        if isinstance(definition, Mapping)
+    }
+
+
+def load_gateway_responses(
+    template_path: Path, region: str = "us-east-1"
+) -> dict[str, dict[str, GatewayResponse]]:
+    """Each RestApi's gateway responses (API logical id -> type -> response), from the template.
+
+    Read from the translated template, where SAM puts the RestApi's body (``DefinitionBody``
+    and the ``GatewayResponses`` property alike), so they are the deployed API's.
+    """
+    from imagegen.local.deploy import translate_template
+
+    cfn, _ = translate_template(template_path, region=region)
+    responses: dict[str, dict[str, GatewayResponse]] = {}
+    for logical_id, resource in (cfn.get("Resources") or {}).items():
+        if resource.get("Type") == "AWS::ApiGateway::RestApi":
+            body = (resource.get("Properties") or {}).get("Body")
+            if isinstance(body, Mapping):
+                responses[logical_id] = gateway_responses_from_body(body)
+    return responses
+
+
+# --- The gateway -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Integration:
+    """A routed request, ready to be handed to its function."""
+
+    spec: FunctionSpec
+    event: dict[str, Any]
+    api_id: str
+    headers: Sequence[tuple[str, str]]
+
+    @property
+    def request_id(self) -> str:
+        return str(self.event["requestContext"]["requestId"])
+
+
+class LocalApiGateway:
+    """Routes requests to the stack's functions (its REST APIs' routes) and answers as AWS does.
+
+    ``gateway_responses`` (API logical id -> type -> response) defaults to what the stack's
+    template declares.
+    """
+
+    def __init__(
+        self,
+        stack: DeployedStack,
+        runtime: LambdaRuntime,
+        gateway_responses: Mapping[str, Mapping[str, GatewayResponse]] | None = None,
+    ) -> None:
         self.stack = stack
         self.runtime = runtime
         self.routes = stack.routes
+        if gateway_responses is None:
+            gateway_responses = load_gateway_responses(stack.template_path, stack.region)
+        self.gateway_responses = {api: dict(kinds) for api, kinds in gateway_responses.items()}
+        # Requests that match no route belong to no API: the first API's responses answer them.
+        self.default_api = next(
+            iter([route.api_logical_id for route in self.routes] + list(self.gateway_responses)),
+            "",
+        )
+
+    def prepare(
+        self,
+        method: str,
+        target: str,
+        headers: Sequence[tuple[str, str]],
+        body: bytes,
+        source_ip: str,
+    ) -> Integration | HttpResponse:
+        """The integration for this request, or the gateway's answer when no route matches."""
+        url = urlsplit(target)
+        path = unquote(url.path) or "/"
+        match = match_route(self.routes, method, path)
+        if match is None:
+            return self.error(GatewayResponseType.MISSING_AUTHENTICATION_TOKEN, headers=headers)
+        api_id = match.route.api_logical_id
+        event = build_proxy_event(
+            method=method,
+            path=path,
+            query=url.query,
+            headers=headers,
+            body=body,
+            match=match,
+            stage=self.stack.stages.get(api_id, "Prod"),
+            api_id=self.stack.resources.get(api_id, ("", "local"))[1],
+            source_ip=source_ip,
+        )
+        spec = self.stack.functions[match.route.function_logical_id].spec
+        return Integration(spec, event, api_id, headers)
+
+    def integrate(self, integration: Integration) -> HttpResponse:
+        """Invoke the function (blocking) and turn its result into the HTTP response."""
+        spec = integration.spec
+        try:
+            result = self.runtime.invoke(spec, integration.event, integration.request_id)
+            response = proxy_response(result)
+        except Exception as error:
+            context = integration.event["requestContext"]
+            logger.warning(
+                "%s failed on %s %s: %s: %s",
+                spec.logical_id,
+                context["httpMethod"],
+                context["resourcePath"],
+                type(error).__name__,
+                error,
+            )
+            return self.error(
+                GatewayResponseType.DEFAULT_5XX,
+                api_id=integration.api_id,
+                headers=integration.headers,
+                request_id=integration.request_id,
+            )
+        return _with_request_id(response, integration.request_id)
 
     def handle(
         self,
@@ -218,70 +452,225 @@ class LocalApiGateway:
         body: bytes,
         source_ip: str,
     ) -> HttpResponse:
-        url = urlsplit(target)
-        path = unquote(url.path) or "/"
-        match = match_route(self.routes, method, path)
-        if match is None:
-            # What API Gateway answers for a path or method the API does not have.
-            return _gateway_error(HTTPStatus.FORBIDDEN, "Missing Authentication Token")
-        api_id = self.stack.resources.get(match.route.api_logical_id, ("", "local"))[1]
-        event = build_proxy_event(
-            method=method,
-            path=path,
-            query=url.query,
-            headers=headers,
-            body=body,
-            match=match,
-            stage=self.stack.stages.get(match.route.api_logical_id, "Prod"),
-            api_id=api_id,
-            source_ip=source_ip,
+        """One request, start to end, without the server's limits (for tests and tools)."""
+        prepared = self.prepare(method, target, headers, body, source_ip)
+        if isinstance(prepared, HttpResponse):
+            return prepared
+        return self.integrate(prepared)
+
+    def error(
+        self,
+        response_type: GatewayResponseType,
+        *,
+        api_id: str | None = None,
+        headers: Sequence[tuple[str, str]] = (),
+        request_id: str | None = None,
+    ) -> HttpResponse:
+        """API Gateway's own answer of ``response_type``, as the API's gateway responses say.
+
+        The type's own response, else the API's DEFAULT_4XX/DEFAULT_5XX, else the one error
+        shape ``{"error": {"code", "message"}}``; the status is the type's unless the gateway
+        response sets one.
+        """
+        status, message, code = _GATEWAY_ERRORS[response_type]
+        request_id = request_id or str(uuid.uuid4())
+        declared = self.gateway_responses.get(api_id or self.default_api) or {}
+        fallback_type = (
+            GatewayResponseType.DEFAULT_4XX if status < 500 else GatewayResponseType.DEFAULT_5XX
         )
-        spec = self.stack.functions[match.route.function_logical_id].spec
+        gateway_response = declared.get(response_type) or declared.get(fallback_type)
+        if gateway_response is None:
+            body = ErrorResponse(error=ApiError(code=code, message=message))
+            response = HttpResponse(
+                status,
+                [("Content-Type", "application/json")],
+                body.model_dump_json(exclude_none=True).encode(),
+            )
+        else:
+            context = {
+                "context.error.message": message,
+                "context.error.messageString": json.dumps(message),
+                "context.error.responseType": response_type,
+                "context.error.validationErrorString": "",
+                "context.requestId": request_id,
+                "context.extendedRequestId": request_id,
+                "context.apiId": self.stack.resources.get(api_id or "", ("", "local"))[1],
+                "context.stage": self.stack.stages.get(api_id or "", "Prod"),
+            }
+            response = gateway_response.render(status, context, headers)
+        if response_type in _ERROR_TYPE_HEADERS:
+            response.headers.append(("x-amzn-ErrorType", _ERROR_TYPE_HEADERS[response_type]))
+        return _with_request_id(response, request_id)
+
+
+def _with_request_id(response: HttpResponse, request_id: str) -> HttpResponse:
+    response.headers.append(("x-amzn-RequestId", request_id))
+    return response
+
+
+# --- The HTTP server ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ApiLimits:
+    """API Gateway's limits, shortened in tests."""
+
+    max_body_bytes: int = MAX_BODY_BYTES
+    integration_timeout_s: float = INTEGRATION_TIMEOUT_S
+    body_timeout_s: float = BODY_TIMEOUT_S
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class _BodyTimedOut(Exception):
+    pass
+
+
+class _ClientGone(Exception):
+    pass
+
+
+Scope = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+Send = Callable[[MutableMapping[str, Any]], Awaitable[None]]
+
+
+class LocalApiApp:
+    """The gateway as an ASGI application: limits, timeouts, and the integration in a thread."""
+
+    def __init__(
+        self,
+        gateway: LocalApiGateway,
+        *,
+        limits: ApiLimits | None = None,
+        executor: ThreadPoolExecutor | None = None,
+        log: Callable[[str], None] | None = None,
+    ) -> None:
+        self.gateway = gateway
+        self.limits = limits or ApiLimits()
+        self.executor = executor or ThreadPoolExecutor(
+            MAX_CONCURRENT_INTEGRATIONS, thread_name_prefix="local-api"
+        )
+        self.log = log or logger.info
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        started = time.monotonic()
+        method = str(scope["method"])
+        target = scope.get("raw_path", b"").decode("latin-1") or str(scope["path"])
+        if scope.get("query_string"):
+            target += "?" + scope["query_string"].decode("latin-1")
+        headers = [
+            (name.decode("latin-1"), value.decode("latin-1")) for name, value in scope["headers"]
+        ]
+        client = scope.get("client") or ("127.0.0.1", 0)
         try:
-            result = self.runtime.invoke(
-                spec, event, request_id=event["requestContext"]["requestId"]
+            response, complete = await self._respond(method, target, headers, receive, client[0])
+        except _ClientGone:
+            self.log(f"{method} {target} -> client disconnected")
+            return
+        except Exception:  # a defect here: answered as API Gateway answers its own failures
+            logger.exception("the local API failed on %s %s", method, target)
+            response, complete = self.gateway.error(GatewayResponseType.DEFAULT_5XX), False
+        # A request whose body was not read to its end cannot be followed by another one on
+        # the same connection: close it after the answer.
+        extra = [] if complete else [("Connection", "close")]
+        await _send_response(send, response, extra)
+        self.log(f"{method} {target} -> {response.status} ({time.monotonic() - started:.2f} s)")
+
+    async def _respond(
+        self, method: str, target: str, headers: list[tuple[str, str]], receive: Receive, ip: str
+    ) -> tuple[HttpResponse, bool]:
+        declared = _content_length(headers)
+        if declared is not None and declared > self.limits.max_body_bytes:
+            return self.gateway.error(GatewayResponseType.REQUEST_TOO_LARGE, headers=headers), False
+        try:
+            body = await self._read_body(receive)
+        except _BodyTooLarge:
+            return self.gateway.error(GatewayResponseType.REQUEST_TOO_LARGE, headers=headers), False
+        except _BodyTimedOut:
+            message = f"the request body did not arrive within {self.limits.body_timeout_s:g} s"
+            error = ErrorResponse(error=ApiError(code=ErrorCode.REQUEST_TIMEOUT, message=message))
+            response = HttpResponse(
+                408,
+                [("Content-Type", "application/json")],
+                error.model_dump_json(exclude_none=True).encode(),
             )
-        except Exception:
-            logger.exception("%s failed on %s %s", spec.logical_id, method, path)
-            return _gateway_error(HTTPStatus.BAD_GATEWAY, "Internal server error")
-        return proxy_response(result)
-
-
-def _handler_class(gateway: LocalApiGateway, log: Callable[[str], None]) -> type:
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-        server_version = "imagegen-local-api"
-
-        def _serve(self) -> None:
-            started = time.monotonic()
-            length = int(self.headers.get("Content-Length") or 0)
-            body = self.rfile.read(length) if length else b""
-            response = gateway.handle(
-                self.command, self.path, list(self.headers.items()), body, self.client_address[0]
+            return response, False
+        prepared = self.gateway.prepare(method, target, headers, body, ip)
+        if isinstance(prepared, HttpResponse):
+            return prepared, True
+        loop = asyncio.get_running_loop()
+        work = loop.run_in_executor(self.executor, self.gateway.integrate, prepared)
+        try:
+            # The function keeps running after a timeout, as a Lambda function does after
+            # API Gateway has given up on it; its environment is busy until it ends.
+            return await asyncio.wait_for(work, self.limits.integration_timeout_s), True
+        except TimeoutError:
+            logger.warning(
+                "%s did not answer within %g s",
+                prepared.spec.logical_id,
+                self.limits.integration_timeout_s,
             )
-            self.send_response(response.status)
-            for name, value in response.headers:
-                if name.lower() not in ("content-length", "connection", "transfer-encoding"):
-                    self.send_header(name, value)
-            self.send_header("Content-Length", str(len(response.body)))
-            self.end_headers()
-            if self.command != "HEAD":
-                self.wfile.write(response.body)
-            log(
-                f"{self.command} {self.path} -> {response.status} "
-                f"({time.monotonic() - started:.2f} s)"
+            response = self.gateway.error(
+                GatewayResponseType.INTEGRATION_TIMEOUT,
+                api_id=prepared.api_id,
+                headers=headers,
+                request_id=prepared.request_id,
             )
+            return response, True
 
-        do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = do_HEAD = do_OPTIONS = _serve
+    async def _read_body(self, receive: Receive) -> bytes:
+        body = bytearray()
+        while True:
+            try:
+                message = await asyncio.wait_for(receive(), self.limits.body_timeout_s)
+            except TimeoutError:
+                raise _BodyTimedOut from None
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            body += message.get("body", b"")
+            if len(body) > self.limits.max_body_bytes:
+                raise _BodyTooLarge
+            if not message.get("more_body", False):
+                return bytes(body)
 
-        def log_message(self, format: str, *args: Any) -> None:
-            pass  # one line per request comes from `log` above
 
-    return Handler
+def _content_length(headers: Sequence[tuple[str, str]]) -> int | None:
+    for name, value in headers:
+        if name.lower() == "content-length":
+            try:
+                return int(value)
+            except ValueError:
+                return None
+    return None
+
+
+async def _send_response(
+    send: Send, response: HttpResponse, extra_headers: Sequence[tuple[str, str]]
+) -> None:
+    # The server frames the body itself: the function's framing headers do not apply.
+    framing = {"content-length", "connection", "transfer-encoding"}
+    headers = [(name, value) for name, value in response.headers if name.lower() not in framing]
+    headers += [*extra_headers, ("Content-Length", str(len(response.body)))]
+    await send(
+        {
+            "type": "http.response.start",
+            "status": response.status,
+            "headers": [(n.encode("latin-1"), v.encode("latin-1")) for n, v in headers],
+        }
+    )
+    await send({"type": "http.response.body", "body": response.body})
 
 
 class LocalApiServer:
-    """``LocalApiGateway`` served over HTTP on ``host:port`` in a background thread."""
+    """``LocalApiGateway`` served over HTTP on ``host:port`` by uvicorn, in a background thread.
+
+    ``port`` 0 takes a free port (``self.port`` says which).
+    """
 
     def __init__(
         self,
@@ -289,26 +678,64 @@ class LocalApiServer:
         port: int = 3000,
         host: str = "127.0.0.1",
         log: Callable[[str], None] | None = None,
+        *,
+        limits: ApiLimits | None = None,
+        backlog: int = LISTEN_BACKLOG,
     ) -> None:
-        ensure_port_free(host, port, "the API")
+        import uvicorn
+
+        if port:
+            ensure_port_free(host, port, "the API")
+        try:
+            # Bound here, so a taken port fails now and connections queue from this moment.
+            self._socket = socket.create_server((host, port), backlog=backlog)
+        except OSError as error:
+            if error.errno in (errno.EADDRINUSE, errno.EACCES):
+                raise PortInUseError(host, port, "the API") from error
+            raise
         self.host = host
-        self.port = port
-        self._server = ThreadingHTTPServer(
-            (host, port), _handler_class(gateway, log or logger.info)
+        self.port = int(self._socket.getsockname()[1])
+        self._executor = ThreadPoolExecutor(
+            MAX_CONCURRENT_INTEGRATIONS, thread_name_prefix="local-api"
         )
-        self._server.daemon_threads = True
+        app = LocalApiApp(gateway, limits=limits, executor=self._executor, log=log)
+        config = uvicorn.Config(
+            app,
+            lifespan="off",
+            log_config=None,  # the process's logging stays as it is
+            access_log=False,  # `log` gets one line per request instead
+            backlog=backlog,
+            http="h11",
+            ws="none",
+            server_header=False,
+            timeout_keep_alive=5,
+            timeout_graceful_shutdown=3,
+        )
+        self._server = uvicorn.Server(config)
         self._thread = threading.Thread(
-            target=self._server.serve_forever, name="local-api", daemon=True
+            target=self._server.run,
+            kwargs={"sockets": [self._socket]},
+            name="local-api",
+            daemon=True,
         )
 
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
 
-    def start(self) -> LocalApiServer:
+    def start(self, timeout_s: float = 10.0) -> LocalApiServer:
         self._thread.start()
+        deadline = time.monotonic() + timeout_s
+        while not self._server.started:
+            if not self._thread.is_alive() or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the API server on {self.url} did not start")
+            time.sleep(0.01)
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        self._server.should_exit = True
+        if self._thread.is_alive():
+            self._thread.join(timeout=10)
+        self._socket.close()
+        self._executor.shutdown(wait=False, cancel_futures=True)

@@ -1,9 +1,10 @@
 """Whole lines on the console when many threads of one process print.
 
-The local stack runs the API, the Lambda functions, the GPU worker and the event printer as
-threads of one process. ``print()`` writes its text and its newline in two calls, so a line from
-one thread (a powertools metric record, a log line) can be cut into by another's. This stream
-keeps each thread's text until its line is complete, then writes whole lines under one lock.
+The local stack prints from many threads of one process: the API's, the event printer's, and
+those relaying the output of the Lambda environments and GPU workers (child processes), one
+thread each. ``print()`` writes its text and its newline in two calls, so a line from one thread
+can be cut into by another's. This stream keeps each thread's text until its line is complete,
+then writes whole lines under one lock.
 """
 
 from __future__ import annotations

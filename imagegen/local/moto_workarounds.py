@@ -194,6 +194,7 @@ def install() -> None:
         _patch_execution_history_paging()
         _patch_stop_during_callback()
         _patch_heartbeat_without_heartbeat_seconds()
+        _cache_interpreter_setup()
         _installed = True
 
 
@@ -477,6 +478,56 @@ def _patch_heartbeat_without_heartbeat_seconds() -> None:
         return bool(original(self))
 
     CallbackEndpoint.notify_heartbeat = notify_heartbeat  # type: ignore[method-assign]
+
+
+def _cache_interpreter_setup() -> None:
+    """Gap (cost, not behaviour): moto's interpreter parses the ASL again for every execution
+    (0.1-0.2 s of CPU each) and builds a new boto3 client for every task. With a hundred jobs at
+    once on a small machine that alone pushes requests past API Gateway's 29 s. Both are cached:
+    a parsed program keeps its per-execution state in each execution's environment, not in the
+    program, and boto3 clients are safe to share between threads once built."""
+    import sys
+
+    # Importing the factory loads every service integration that calls boto_client_for.
+    import moto.stepfunctions.parser.asl.component.state.exec.state_task.lambda_eval_utils
+    import moto.stepfunctions.parser.asl.component.state.exec.state_task.service.state_task_service_factory  # noqa: F401, E501
+    from moto.stepfunctions.parser.asl.parse.asl_parser import AmazonStateLanguageParser
+    from moto.stepfunctions.parser.asl.utils import boto_client
+
+    original_parse = AmazonStateLanguageParser.parse
+    parsed: dict[str, Any] = {}
+    parse_lock = threading.Lock()
+
+    def parse(definition: str) -> Any:
+        with parse_lock:
+            if definition not in parsed:
+                parsed[definition] = original_parse(definition)
+            return parsed[definition]
+
+    AmazonStateLanguageParser.parse = staticmethod(parse)  # type: ignore[method-assign]
+
+    original_client_for = boto_client.boto_client_for
+    clients: dict[tuple[Any, ...], Any] = {}
+    client_lock = threading.Lock()
+
+    def boto_client_for(region: str, service: str, state_credentials: Any = None) -> Any:
+        if state_credentials is not None:  # a state with its own credentials: not shared
+            return original_client_for(region, service, state_credentials)
+        from moto.core.models import botocore_stubber
+        from moto.settings import moto_server_port
+
+        key = (region, service, botocore_stubber.enabled, moto_server_port())
+        with client_lock:
+            if key not in clients:
+                clients[key] = original_client_for(region, service)
+            return clients[key]
+
+    for module in list(sys.modules.values()):
+        name = getattr(module, "__name__", "")
+        if name.startswith("moto.stepfunctions.parser") and (
+            getattr(module, "boto_client_for", None) is original_client_for
+        ):
+            module.boto_client_for = boto_client_for  # type: ignore[attr-defined]
 
 
 STATUS_CHANGE_DETAIL_TYPE = "Step Functions Execution Status Change"

@@ -1,11 +1,15 @@
 """The whole system on 127.0.0.1: `imagegen local`, `imagegen demo` and the measurement script.
 
-``LocalStack.start()`` brings up, in this process:
-- moto's server (S3, SQS, EventBridge, Step Functions executing our ASL, ...) on ``moto_port``;
-- the stack built from template.yaml (``deploy.deploy_stack``), its Lambda functions running
-  in-process (``lambda_runtime``);
-- the API on ``api_port`` (``api_gateway``), handing API Gateway proxy events to ApiFunction;
-- the GPU worker (``gpu_service.worker``) consuming the GPU job queue with the engine;
+``LocalStack.start()`` brings up:
+- moto's server (S3, SQS, EventBridge, Step Functions executing our ASL, ...) on ``moto_port``,
+  in this process;
+- the stack built from template.yaml (``deploy.deploy_stack``), its Lambda functions running in
+  execution environments that are child processes (``lambda_runtime.ProcessLambdaRuntime``);
+- the API on ``api_port`` (``api_gateway``, uvicorn), handing API Gateway proxy events to
+  ApiFunction;
+- ``gpu_workers`` GPU workers, each its own process (`python -m gpu_service.worker`, see
+  ``gpu_worker_process``), consuming the GPU job queue; more can be started, and any stopped or
+  killed, while the stack runs;
 - the Bedrock stand-in (``fake_bedrock``), only when asked for;
 - a subscriber polling the result-events queue, reporting each event to ``on_event``.
 """
@@ -15,6 +19,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -24,9 +30,10 @@ from typing import Any, Literal
 
 import boto3
 
-from imagegen.local.api_gateway import LocalApiGateway, LocalApiServer
+from imagegen.local.api_gateway import ApiLimits, LocalApiGateway, LocalApiServer
 from imagegen.local.deploy import DeployedStack, deploy_stack
-from imagegen.local.lambda_runtime import LambdaRuntime
+from imagegen.local.gpu_worker_process import GpuWorkerProcess, WorkerExitedError
+from imagegen.local.lambda_runtime import DEFAULT_MAX_ENVIRONMENTS, ProcessLambdaRuntime
 from imagegen.local.moto_server import MotoServer, ensure_port_free, free_port, start_moto_server
 
 logger = logging.getLogger(__name__)
@@ -37,6 +44,8 @@ DEFAULT_API_PORT = 3000
 GPU_QUEUE_ID = "GpuJobQueue"
 RESULT_QUEUE_ID = "ResultEventsQueue"
 API_FUNCTION_ID = "ApiFunction"
+WORKER_READY_TIMEOUT_S = 600.0
+"""A real model can take minutes to load; the tiny one takes seconds."""
 
 BedrockMode = Literal["fake", "aws"]
 
@@ -50,46 +59,53 @@ class LocalStackOptions:
     template: Path = DEFAULT_TEMPLATE
     host: str = "127.0.0.1"
     api_port: int = DEFAULT_API_PORT
+    """0: a free port (``LocalStack.api_url`` says which)."""
     moto_port: int | None = None
     """None: a free port."""
     bedrock: BedrockMode = "aws"
     """fake: the local Bedrock stand-in; aws: Bedrock itself (needs credentials and network)."""
-    gpu_worker: bool = True
+    gpu_workers: int = 1
+    """GPU worker processes started with the stack (0: none, e.g. to test scaling from zero)."""
     model_id: str | None = None
-    """The GPU worker's model: MODEL_ID, else the tiny random-weight model (built if missing)."""
+    """The GPU workers' model: MODEL_ID, else the tiny random-weight model (built if missing)."""
+    worker_environment: dict[str, str] = field(default_factory=dict)
+    """Variables for the GPU workers on top of the stack's (e.g. VISIBILITY_TIMEOUT_SECONDS)."""
     parameters: dict[str, str] = field(default_factory=dict)
     function_environment: dict[str, str] = field(default_factory=dict)
     """Variables every function gets under its own (e.g. POWERTOOLS_METRICS_DISABLED)."""
+    function_concurrency: int = DEFAULT_MAX_ENVIRONMENTS
+    """Execution environments per function at most; further invocations wait for one."""
+    api_limits: ApiLimits = field(default_factory=ApiLimits)
+    """API Gateway's body limit and timeouts (shortened in tests)."""
     stack_name: str = "imagegen-local"
     region: str = "us-east-1"
 
 
 @dataclass
-class EngineTimer:
-    """Seconds the engine spent generating, per call (for the orchestration figures)."""
+class EngineTimes:
+    """Seconds the workers' engines spent generating, as the workers log each pipeline call."""
 
     calls: list[tuple[float, float]] = field(default_factory=list)
-    """(started at, seconds), both in ``time.perf_counter()`` terms."""
+    """(started at, seconds), the start in ``time.perf_counter()`` terms (when the line came,
+    less the seconds it reports)."""
 
-    def wrap(self, engine: Any) -> Any:
-        generate = engine.generate
-
-        def timed(specs: Any) -> Any:
-            started = time.perf_counter()
-            try:
-                return generate(specs)
-            finally:
-                self.calls.append((started, time.perf_counter() - started))
-
-        engine.generate = timed
-        return engine
+    def record(self, received_at: float, seconds: float) -> None:
+        self.calls.append((received_at - seconds, seconds))
 
     def seconds_between(self, start: float, end: float) -> float:
         return sum(seconds for at, seconds in self.calls if start <= at <= end)
 
 
 class LocalStack:
-    """Everything `imagegen local` runs; ``start()`` then ``stop()`` (or use ``with``)."""
+    """Everything `imagegen local` runs; ``start()`` then ``stop()`` (or use ``with``).
+
+    One at a time in a process: moto's backends, the Lambda dispatch table and the AWS variables
+    of ``os.environ`` are process-wide, so a second stack would share (and on stop, reset) the
+    first one's resources.
+    """
+
+    _running: LocalStack | None = None
+    _running_lock = threading.Lock()
 
     def __init__(
         self,
@@ -102,7 +118,7 @@ class LocalStack:
         self.say = say or logger.info
         self.on_event = on_event
         self.stack: DeployedStack | None = None
-        self.engine_timer = EngineTimer()
+        self.engine_times = EngineTimes()
         self.events: list[dict[str, Any]] = []
         self.event_received_at: dict[str, float] = {}
         """execution id -> ``time.perf_counter()`` when its result event was received."""
@@ -111,23 +127,44 @@ class LocalStack:
         self._threads: list[threading.Thread] = []
         self._moto: MotoServer | None = None
         self._api: LocalApiServer | None = None
+        self._runtime: ProcessLambdaRuntime | None = None
         self._bedrock: Any = None
-        self._engine: Any = None
+        self._model_id: str | None = None
+        self._workers: list[GpuWorkerProcess] = []
+        self._workers_started = 0
+        self._workers_lock = threading.Lock()
+        self._work_dir: Path | None = None
         self._saved_environment: dict[str, str | None] = {}
 
     # --- Start ----------------------------------------------------------------------------------
 
     @property
     def api_url(self) -> str:
-        return f"http://{self.options.host}:{self.options.api_port}"
+        port = self._api.port if self._api is not None else self.options.api_port
+        return f"http://{self.options.host}:{port}"
 
     def start(self) -> LocalStack:
+        with LocalStack._running_lock:
+            if LocalStack._running is not None:
+                raise RuntimeError(
+                    "another LocalStack is running in this process; stop it first (moto's "
+                    "backends are process-wide: two stacks would share and reset each other's)"
+                )
+            LocalStack._running = self
+        try:
+            return self._start()
+        except BaseException:
+            self._release_process()
+            raise
+
+    def _start(self) -> LocalStack:
         options = self.options
-        ensure_port_free(options.host, options.api_port, "the API")
+        if options.api_port:
+            ensure_port_free(options.host, options.api_port, "the API")
         if options.moto_port is not None:
             ensure_port_free(options.host, options.moto_port, "the moto server")
-        if options.gpu_worker:
-            self._engine = self._load_engine()  # fails early, before anything is listening
+        if options.gpu_workers:
+            self._model_id = self._resolve_model()  # fails early, before anything is listening
         try:
             self._start_services()
         except BaseException:
@@ -137,6 +174,7 @@ class LocalStack:
 
     def _start_services(self) -> None:
         options = self.options
+        self._work_dir = Path(tempfile.mkdtemp(prefix="imagegen-local-"))
         moto_port = options.moto_port or free_port(options.host)
         self._moto = start_moto_server(moto_port, options.host)
         endpoint = self._moto.endpoint_url
@@ -169,13 +207,18 @@ class LocalStack:
             # Offline, Bedrock does not answer: jobs that name no backend go to the GPU worker.
             parameters.setdefault("DefaultBackend", "gpu")
         started = time.perf_counter()
+        self._runtime = ProcessLambdaRuntime(
+            {**options.function_environment, **environment},
+            max_environments=options.function_concurrency,
+            log=self.say,
+        )
         self.stack = deploy_stack(
             options.template,
             parameters=parameters,
             stack_name=options.stack_name,
             region=options.region,
             endpoint_url=endpoint,
-            runtime=LambdaRuntime({**options.function_environment, **environment}),
+            runtime=self._runtime,
         )
         self.say(
             f"stack {self.stack.stack_name} created from {options.template} "
@@ -183,14 +226,16 @@ class LocalStack:
             + (f" (parameters: {_format(parameters)})" if parameters else "")
         )
         self._start_subscriber()
-        if self._engine is not None:
-            self._start_worker()
-        runtime = self.stack.runtime or LambdaRuntime(environment)
+        if options.gpu_workers:
+            starting = [self._spawn_worker() for _ in range(options.gpu_workers)]
+            for worker in starting:
+                self._wait_until_ready(worker)
         self._api = LocalApiServer(
-            LocalApiGateway(self.stack, runtime),
+            LocalApiGateway(self.stack, self._runtime),
             port=options.api_port,
             host=options.host,
             log=lambda line: self.say(f"[api] {line}"),
+            limits=options.api_limits,
         ).start()
         self._describe(endpoint)
 
@@ -199,60 +244,120 @@ class LocalStack:
             self._saved_environment.setdefault(name, os.environ.get(name))
             os.environ[name] = value
 
-    def _load_engine(self) -> Any:
-        from gpu_service.settings import Settings
-
+    def _resolve_model(self) -> str:
+        """The workers' model: --model-id, MODEL_ID, else the tiny model (built if missing)."""
         model_id = self.options.model_id or os.environ.get("MODEL_ID")
-        # Offline, and without the libraries' progress bars in the stack's output.
+        if not model_id:
+            from gpu_service.tiny_model import ensure_tiny_model
+
+            self.say("GPU worker: building/using the tiny random-weight model (images are noise)")
+            try:
+                return str(ensure_tiny_model())
+            except Exception as error:
+                raise ModelLoadError(
+                    f"the GPU worker cannot load model 'tiny': building it failed: "
+                    f"{type(error).__name__}: {error}"
+                ) from error
+        local = Path(model_id).expanduser()
+        if (local.is_absolute() or model_id.startswith((".", "~"))) and not local.exists():
+            raise ModelLoadError(
+                f"the GPU worker cannot load model {model_id!r}: no such directory. "
+                + _MODEL_ADVICE
+            )
+        return model_id
+
+    def _worker_environment(self) -> dict[str, str]:
+        """What a task definition would give the worker, for this stack."""
+        assert self.stack is not None and self._model_id is not None
+        environment = dict(os.environ)  # the stack's endpoint, region and credentials included
         for name, value in {
+            # Offline, and without the libraries' progress bars in the stack's output.
             "HF_HUB_OFFLINE": "1",
             "HF_HUB_DISABLE_PROGRESS_BARS": "1",
             "TRANSFORMERS_VERBOSITY": "error",
             "DIFFUSERS_VERBOSITY": "error",
             "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+            "TQDM_DISABLE": "1",  # diffusers' "Loading pipeline components" bar
         }.items():
-            os.environ.setdefault(name, value)
-        try:
-            if not model_id:
-                from gpu_service.tiny_model import ensure_tiny_model
-
-                self.say(
-                    "GPU worker: building/using the tiny random-weight model (images are noise)"
-                )
-                model_id = str(ensure_tiny_model())
-            from diffusers.utils import logging as diffusers_logging
-
-            from gpu_service.engine import Engine
-
-            diffusers_logging.disable_progress_bar()
-
-            started = time.perf_counter()
-            settings = Settings(model_id=model_id, warmup=False)
-            engine = Engine.load(settings)
-        except Exception as error:
-            raise ModelLoadError(
-                f"the GPU worker cannot load model {model_id!r}: {type(error).__name__}: {error}. "
-                "Set MODEL_ID to a diffusers model directory (or a hub id in the local cache), "
-                "unset it to use the tiny offline model, or start with --no-gpu-worker."
-            ) from error
-        self.say(f"GPU worker: loaded {model_id} in {time.perf_counter() - started:.1f} s")
-        return self.engine_timer.wrap(engine)
-
-    def _start_worker(self) -> None:
-        from gpu_service.settings import Settings
-        from gpu_service.worker import Worker
-
-        assert self.stack is not None
-        settings = Settings(
-            model_id=self._engine.model_id,
-            gpu_queue_url=self.stack.queues[GPU_QUEUE_ID],
-            images_bucket=self.stack.only("buckets"),
-            receive_wait_seconds=1,  # a quick exit on Ctrl-C
-            batch_wait_ms=0.0,
-            warmup=False,
+            environment.setdefault(name, value)
+        environment.update(
+            {
+                "GPU_QUEUE_URL": self.stack.queues[GPU_QUEUE_ID],
+                "IMAGES_BUCKET": self.stack.only("buckets"),
+                "MODEL_ID": self._model_id,
+                "RECEIVE_WAIT_SECONDS": "1",  # a quick exit on Ctrl-C
+                "BATCH_WAIT_MS": "0",
+                "WARMUP": "false",
+                "PYTHONUNBUFFERED": "1",
+            }
         )
-        worker = Worker(settings, self._engine)
-        self._spawn("gpu-worker", worker.run, self._stop)
+        environment.update(self.options.worker_environment)
+        return environment
+
+    def _spawn_worker(self) -> GpuWorkerProcess:
+        assert self._work_dir is not None
+        with self._workers_lock:
+            self._workers_started += 1
+            name = f"gpu-worker-{self._workers_started}"
+        worker = GpuWorkerProcess(
+            name,
+            self._worker_environment(),
+            self._work_dir / f"{name}.alive",
+            say=self.say,
+            on_engine_time=self.engine_times.record,
+        )
+        with self._workers_lock:
+            self._workers.append(worker)
+        return worker
+
+    def _wait_until_ready(self, worker: GpuWorkerProcess) -> None:
+        try:
+            worker.wait_until_ready(WORKER_READY_TIMEOUT_S)
+        except (WorkerExitedError, TimeoutError) as error:
+            raise ModelLoadError(
+                f"the GPU worker cannot load model {self._model_id!r} (or cannot start): "
+                f"{error}\n" + _MODEL_ADVICE
+            ) from error
+        self.say(f"{worker.name} (pid {worker.pid}) ready: model {self._model_id}")
+
+    # --- GPU workers while the stack runs ---------------------------------------------------
+
+    @property
+    def workers(self) -> list[GpuWorkerProcess]:
+        """The GPU workers started and not stopped or killed through the stack (one that
+        crashed on its own is still listed: see its ``alive``)."""
+        with self._workers_lock:
+            return list(self._workers)
+
+    def start_worker(self) -> GpuWorkerProcess:
+        """Start one more GPU worker and return once it polls the queue (ModelLoadError if not)."""
+        if self.stack is None:
+            raise RuntimeError("the stack is not started")
+        if self._model_id is None:
+            self._model_id = self._resolve_model()
+        worker = self._spawn_worker()
+        try:
+            self._wait_until_ready(worker)
+        except BaseException:
+            self._forget(worker)
+            worker.kill()
+            raise
+        return worker
+
+    def stop_worker(self, worker: GpuWorkerProcess, timeout_s: float = 30.0) -> int:
+        """Stop a worker as ECS or Kubernetes does (SIGTERM, SIGKILL after ``timeout_s``)."""
+        self._forget(worker)
+        return worker.stop(timeout_s)
+
+    def kill_worker(self, worker: GpuWorkerProcess) -> int:
+        """Kill a worker at once (SIGKILL), mid-batch if it is working."""
+        self._forget(worker)
+        return worker.kill()
+
+    def _forget(self, worker: GpuWorkerProcess) -> None:
+        with self._workers_lock:
+            if worker in self._workers:
+                self._workers.remove(worker)
 
     def _start_subscriber(self) -> None:
         assert self.stack is not None
@@ -328,13 +433,13 @@ class LocalStack:
             lines.append(f"state machine  {logical_id}: {arn}")
         for function in stack.functions.values():
             lines.append(f"function       {function.logical_id}: {_shown(function.handler_path)}")
-        if self._engine is not None:
+        for worker in self.workers:
             lines.append(
-                f"GPU worker     {self._engine.model_id} on {self._engine.device}, "
-                f"polling {GPU_QUEUE_ID}"
+                f"GPU worker     {worker.name}: `python -m gpu_service.worker` (pid {worker.pid}), "
+                f"model {self._model_id}, polling {GPU_QUEUE_ID}"
             )
-        else:
-            lines.append("GPU worker     not started (--no-gpu-worker)")
+        if not self.workers:
+            lines.append("GPU worker     none started (--gpu-workers 0)")
         if self._bedrock is not None:
             lines.append(f"Bedrock        local stand-in at {self._bedrock.endpoint_url}")
         else:
@@ -354,27 +459,51 @@ class LocalStack:
         if self._api is not None:
             self._api.stop()
             self._api = None
+        with self._workers_lock:
+            workers, self._workers = self._workers, []
+        for worker in workers:  # finishing their batches needs moto: stopped before it
+            worker.request_stop()
+        for worker in workers:
+            worker.stop(timeout_s=30)
         for thread in self._threads:
             thread.join(timeout=10)
         self._threads.clear()
+        if self._runtime is not None:
+            self._runtime.close()
+            self._runtime = None
         if self._bedrock is not None:
             self._bedrock.stop()
             self._bedrock = None
         if self._moto is not None:
             self._moto.stop()
             self._moto = None
+        if self._work_dir is not None:
+            shutil.rmtree(self._work_dir, ignore_errors=True)
+            self._work_dir = None
         for name, value in self._saved_environment.items():
             if value is None:
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
         self._saved_environment.clear()
+        self._release_process()
+
+    def _release_process(self) -> None:
+        with LocalStack._running_lock:
+            if LocalStack._running is self:
+                LocalStack._running = None
 
     def __enter__(self) -> LocalStack:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+_MODEL_ADVICE = (
+    "Set MODEL_ID (or --model-id) to a diffusers model directory (or a hub id in the local "
+    "cache), unset it to use the tiny offline model, or start with --gpu-workers 0."
+)
 
 
 def _template_parameters(template: Path) -> dict[str, Any]:

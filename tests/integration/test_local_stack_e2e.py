@@ -1,13 +1,16 @@
 """End to end: `imagegen local` as the README starts it, driven by `imagegen generate`.
 
 Real processes and real ports on 127.0.0.1: the stack in one subprocess (moto server, API on its
-own port, GPU worker with the tiny model, result-event subscriber), the client in another.
+own port, Lambda environments and the GPU worker as its child processes, result-event
+subscriber), the client in another. The last test runs ``LocalStack`` in this process to start,
+kill and replace GPU workers.
 """
 
 from __future__ import annotations
 
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -19,7 +22,9 @@ from pathlib import Path
 import httpx
 import pytest
 
+from imagegen.client import ImagegenClient
 from imagegen.local.moto_server import free_port
+from imagegen.local.stack import LocalStack, LocalStackOptions
 from imagegen_common.png import png_size
 
 pytestmark = pytest.mark.e2e
@@ -241,3 +246,76 @@ def test_a_model_that_cannot_load_fails_with_a_clear_message(tmp_path: Path) -> 
 
     assert result.returncode == 4
     assert f"cannot load model '{missing}'" in result.stderr
+
+
+def test_a_model_the_worker_cannot_load_fails_with_the_workers_own_words() -> None:
+    # Not a local path, so only the worker process finds out: it exits before it is ready.
+    result = imagegen(
+        "local", "--port", str(free_port()), "--model-id", "no-such-org/no-such-model",
+        timeout=180,
+    )  # fmt: skip
+
+    assert result.returncode == 4
+    assert "cannot load model 'no-such-org/no-such-model'" in result.stderr
+    assert "gpu-worker-1 exited with status" in result.stderr
+    assert "no-such-org/no-such-model" in result.stderr.split("its last lines:", 1)[1]
+
+
+class Lines:
+    """What the stack says, with a wait for a line."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self._changed = threading.Condition()
+
+    def __call__(self, line: str) -> None:
+        with self._changed:
+            self.lines.append(line)
+            self._changed.notify_all()
+
+    def wait_for(self, pattern: str, timeout_s: float) -> str:
+        compiled = re.compile(pattern)
+        deadline = time.monotonic() + timeout_s
+        with self._changed:
+            while True:
+                found = next((line for line in self.lines if compiled.search(line)), None)
+                if found is not None:
+                    return found
+                remaining = deadline - time.monotonic()
+                assert remaining > 0, f"no line matching {pattern!r}:\n" + "\n".join(
+                    self.lines[-40:]
+                )
+                self._changed.wait(remaining)
+
+
+def test_a_worker_killed_mid_batch_leaves_its_job_to_the_next_worker() -> None:
+    say = Lines()
+    options = LocalStackOptions(
+        api_port=0,
+        gpu_workers=0,  # scaled to zero: the job waits on the queue
+        parameters={"LogLevel": "WARNING", "AllowedSizes": "128x128,512x512"},
+        function_environment={"POWERTOOLS_METRICS_DISABLED": "true"},
+        # A killed worker's message reappears after 6 s instead of a minute.
+        worker_environment={"VISIBILITY_TIMEOUT_SECONDS": "6", "HEARTBEAT_INTERVAL_SECONDS": "2"},
+    )
+    with LocalStack(options, say=say) as stack, ImagegenClient(stack.api_url, "workers") as api:
+        assert stack.workers == []
+        with pytest.raises(RuntimeError, match="another LocalStack is running"):
+            LocalStack(LocalStackOptions(api_port=0, gpu_workers=0)).start()
+        request = {"prompt": "a kite", "backend": "gpu", "width": 512, "height": 512}
+        execution_id = api.submit({**request, "num_images": 2})["execution_id"]
+
+        first = stack.start_worker()
+        say.wait_for(rf"^\[{first.name}\] .*job {execution_id} accepted", timeout_s=120)
+        assert stack.kill_worker(first) == -signal.SIGKILL  # two 512x512 images take seconds
+        second = stack.start_worker()
+        event = stack.wait_for_event(execution_id, timeout_s=180)
+
+        assert stack.workers == [second]
+    assert event is not None
+    assert event["detail-type"] == "Image Generated"
+    assert len(event["detail"]["images"]) == 2
+    reported = rf"job {execution_id} reported"
+    assert not any(re.search(reported, line) for line in say.lines if f"[{first.name}]" in line)
+    assert any(re.search(reported, line) for line in say.lines if f"[{second.name}]" in line)
+    assert not second.alive  # stopped with the stack

@@ -1,4 +1,5 @@
-"""The deployer against moto's server mode: every boto3 call is HTTP to 127.0.0.1."""
+"""The deployer against moto's server mode: every boto3 call is HTTP to 127.0.0.1, and the
+state machine's Lambda tasks run in child-process environments, as in `imagegen local`."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import httpx
 import pytest
 
 from imagegen.local.deploy import deploy_stack
-from imagegen.local.lambda_runtime import LambdaRuntime
+from imagegen.local.lambda_runtime import ProcessLambdaRuntime
 from imagegen.local.moto_server import MotoServer, PortInUseError, free_port, start_moto_server
 from tests.unit.test_local_deploy import write_fixture
 
@@ -31,17 +32,22 @@ def moto_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[MotoServer]:
 def test_fixture_stack_runs_over_http_and_presigned_urls_download(
     moto_server: MotoServer, tmp_path: Path
 ) -> None:
-    runtime = LambdaRuntime({"AWS_ENDPOINT_URL": moto_server.endpoint_url})
-    stack = deploy_stack(write_fixture(tmp_path), parameters={"Greeting": "Hey"}, runtime=runtime)
-    sfn = boto3.client("stepfunctions")
+    runtime = ProcessLambdaRuntime({"AWS_ENDPOINT_URL": moto_server.endpoint_url})
+    try:
+        stack = deploy_stack(
+            write_fixture(tmp_path), parameters={"Greeting": "Hey"}, runtime=runtime
+        )
+        sfn = boto3.client("stepfunctions")
 
-    arn = sfn.start_execution(
-        stateMachineArn=stack.only("state_machines"), name="over-http", input='{"name": "Ada"}'
-    )["executionArn"]
-    deadline = time.monotonic() + 20
-    while (status := sfn.describe_execution(executionArn=arn)["status"]) == "RUNNING":
-        assert time.monotonic() < deadline
-        time.sleep(0.05)
+        arn = sfn.start_execution(
+            stateMachineArn=stack.only("state_machines"), name="over-http", input='{"name": "Ada"}'
+        )["executionArn"]
+        deadline = time.monotonic() + 20
+        while (status := sfn.describe_execution(executionArn=arn)["status"]) == "RUNNING":
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+    finally:
+        runtime.close()
 
     assert status == "SUCCEEDED"
     messages = boto3.client("sqs").receive_message(

@@ -13,8 +13,12 @@ from aws_lambda_powertools.utilities.parser.models import APIGatewayProxyEventMo
 from moto import mock_aws
 
 from imagegen.local.api_gateway import (
+    GatewayResponse,
+    GatewayResponseType,
     LocalApiGateway,
+    MalformedProxyResponse,
     build_proxy_event,
+    gateway_responses_from_body,
     match_route,
     proxy_response,
 )
@@ -117,9 +121,8 @@ def test_proxy_responses_and_malformed_ones() -> None:
     binary = proxy_response({"statusCode": 200, "body": "iVBORw==", "isBase64Encoded": True})
     assert binary.body == base64.b64decode("iVBORw==")
 
-    broken = proxy_response({"body": "no status"})
-    assert broken.status == 502
-    assert json.loads(broken.body) == {"message": "Internal server error"}
+    with pytest.raises(MalformedProxyResponse):
+        proxy_response({"body": "no status"})
 
 
 # --- The real template's ApiFunction behind the local gateway ----------------------------------
@@ -156,4 +159,84 @@ def test_real_api_function_through_the_gateway(real_stack: DeployedStack) -> Non
     assert {field["field"] for field in invalid["error"]["fields"]} == {"width", "height"}
 
     status, missing = call(gateway, "GET", "/nothing/here")
-    assert (status, missing) == (403, {"message": "Missing Authentication Token"})
+    # The template's MISSING_AUTHENTICATION_TOKEN gateway response, with API Gateway's status.
+    assert status == 403
+    assert missing == {"error": {"code": "FORBIDDEN", "message": "Missing Authentication Token"}}
+
+
+# --- Gateway responses -------------------------------------------------------------------------
+
+
+API_BODY = {
+    "x-amazon-apigateway-gateway-responses": {
+        "DEFAULT_5XX": {
+            "responseParameters": {
+                "gatewayresponse.header.Content-Type": "'application/json'",
+                "gatewayresponse.header.X-Echo": "method.request.header.x-trace",
+            },
+            "responseTemplates": {
+                "application/json": '{"error": {"code": "INTERNAL_ERROR", '
+                '"message": $context.error.messageString, "type": "${context.error.responseType}", '
+                '"id": "$context.requestId", "unknown": "$context.nothing"}}'
+            },
+        },
+        "MISSING_AUTHENTICATION_TOKEN": {"statusCode": "404", "responseTemplates": {}},
+    }
+}
+
+
+def fixture_gateway(responses: dict[str, GatewayResponse]) -> LocalApiGateway:
+    stack = DeployedStack(
+        stack_name="s",
+        region="us-east-1",
+        template_path=Path("unused.yaml"),
+        resources={},
+        outputs={},
+        buckets={},
+        queues={},
+        event_buses={},
+        state_machines={},
+        functions={},
+        routes=[ApiRoute("Api", "GET", "/x", "XFunction")],
+        stages={},
+    )
+    return LocalApiGateway(stack, LambdaRuntime(), gateway_responses={"Api": responses})
+
+
+def test_gateway_responses_are_rendered_from_the_api_definition() -> None:
+    gateway = fixture_gateway(gateway_responses_from_body(API_BODY))
+
+    failed = gateway.error(
+        GatewayResponseType.DEFAULT_5XX, headers=[("X-Trace", "t-1")], request_id="req-1"
+    )
+    assert failed.status == 502
+    assert json.loads(failed.body) == {
+        "error": {
+            "code": "INTERNAL_ERROR",
+            "message": "Internal server error",
+            "type": "DEFAULT_5XX",
+            "id": "req-1",
+            "unknown": "$context.nothing",
+        }
+    }
+    assert ("X-Echo", "t-1") in failed.headers
+    assert ("x-amzn-RequestId", "req-1") in failed.headers
+    # INTEGRATION_TIMEOUT is not declared: DEFAULT_5XX answers, with the type's own status.
+    timed_out = gateway.error(GatewayResponseType.INTEGRATION_TIMEOUT)
+    assert timed_out.status == 504
+    assert json.loads(timed_out.body)["error"]["message"] == "Endpoint request timed out"
+    # A declared response without a template: API Gateway's own body, the declared status.
+    missing = gateway.error(GatewayResponseType.MISSING_AUTHENTICATION_TOKEN)
+    assert missing.status == 404
+    assert json.loads(missing.body) == {"message": "Missing Authentication Token"}
+
+
+def test_without_gateway_responses_the_answer_is_the_one_error_shape() -> None:
+    gateway = fixture_gateway({})
+
+    too_large = gateway.error(GatewayResponseType.REQUEST_TOO_LARGE)
+
+    assert too_large.status == 413
+    assert json.loads(too_large.body) == {
+        "error": {"code": "PAYLOAD_TOO_LARGE", "message": "Request Too Long"}
+    }

@@ -1,0 +1,98 @@
+"""Under load: a hundred GPU jobs at once, poison on the queue, cancels racing the work.
+
+The promises of the README's "Guarantees" section, on the whole local stack: every job ends (never
+left RUNNING), with exactly one result event matching its final status, and no request gets a 5xx.
+Counts and waits are bounded; nothing leaves the loopback interface.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import boto3
+import httpx
+import pytest
+
+from tests.integration.local_stack_harness import Harness, local_stack
+
+pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def one_worker() -> Iterator[Harness]:
+    """The stack with one GPU worker, shared by the tests that leave it as they found it."""
+    yield from local_stack(gpu_workers=1)
+
+
+def test_a_hundred_gpu_jobs_at_once_all_succeed(one_worker: Harness) -> None:
+    submitted: list[str] = []
+    refused: list[str] = []
+
+    def submit(index: int) -> None:
+        try:
+            submitted.append(one_worker.submit({"prompt": f"load {index}", "backend": "gpu"}))
+        except httpx.TransportError as error:  # refused, reset: what the old server did
+            refused.append(repr(error))
+
+    with ThreadPoolExecutor(max_workers=100) as pool:
+        list(pool.map(submit, range(100)))
+
+    assert refused == []
+    assert len(submitted) == 100
+    final = one_worker.wait_until_ended(submitted, timeout_s=400)
+    assert collections.Counter(final.values()) == {"SUCCEEDED": 100}
+    one_worker.assert_one_matching_event_each(final)
+    assert one_worker.server_errors == []
+
+
+def test_poison_messages_do_not_stop_the_worker(one_worker: Harness) -> None:
+    sqs = boto3.client("sqs")
+    queue_url = one_worker.queue_url("GpuJobQueue")
+    poison = [
+        "[" * 10_000 + "]" * 10_000,
+        '{"task_token": "x", "job": ' + "9" * 5000 + "}",
+        "not json at all",
+        json.dumps([{"task_token": "a"}, {"task_token": "b"}]),
+        json.dumps({"task_token": "no-such-task", "job": {"job_id": 1}}),
+    ]
+    for body in poison:
+        sqs.send_message(QueueUrl=queue_url, MessageBody=body)
+
+    execution_id = one_worker.submit({"prompt": "after the poison", "backend": "gpu"})
+
+    final = one_worker.wait_until_ended([execution_id], timeout_s=120)
+    assert final[execution_id] == "SUCCEEDED"
+    assert all(worker.alive for worker in one_worker.stack.workers)
+    one_worker.assert_one_matching_event_each(final)
+
+
+@pytest.mark.parametrize("backend", ["gpu", "bedrock"])
+def test_cancels_racing_the_work_leave_one_event_per_job(one_worker: Harness, backend: str) -> None:
+    """DELETE lands anywhere from before validation to after the end; whatever wins, each job
+    ends with exactly one event, and that event matches its final status."""
+    delays = [0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.2, 2.0]
+    execution_ids: list[str] = []
+    answers: list[int] = []
+
+    def submit_then_cancel(delay: float) -> None:
+        execution_id = one_worker.submit(
+            {"prompt": f"race {delay}", "backend": backend, "num_images": 2}
+        )
+        execution_ids.append(execution_id)
+        time.sleep(delay)  # where in the job the DELETE lands is what this test varies
+        answers.append(one_worker.request("DELETE", f"/generate/{execution_id}").status_code)
+        # A second DELETE never sends a second event: 202 again while stopping, 409 once ended.
+        answers.append(one_worker.request("DELETE", f"/generate/{execution_id}").status_code)
+
+    with ThreadPoolExecutor(max_workers=len(delays)) as pool:
+        list(pool.map(submit_then_cancel, delays))
+
+    assert set(answers) <= {202, 409}, answers
+    final = one_worker.wait_until_ended(execution_ids, timeout_s=120)
+    assert set(final.values()) <= {"SUCCEEDED", "ABORTED"}, final
+    one_worker.assert_one_matching_event_each(final)
+    assert one_worker.server_errors == []
