@@ -1,18 +1,20 @@
 # imagegen: the two commands of the README are `make demo` and `make test`.
 SHELL := /bin/bash
 PYTHON ?= python3
+PORT ?= 3000
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
 REQUIREMENTS := requirements/dev.txt layers/common/requirements.txt gpu_service/requirements.txt pyproject.toml
 
-.PHONY: help venv demo run lint template deployment unit test clean
+.PHONY: help venv demo run lint template deployment unit workflow e2e test clean
 
 help:
 	@echo "make demo      install everything, run the whole workflow offline once, print the image path"
 	@echo "make test      install everything and run every check CI runs"
 	@echo "make run       start the local stack (API on http://127.0.0.1:3000) until Ctrl-C"
+	@echo "               PORT=N for another API port (make run PORT=3001, make demo PORT=3001)"
 
 $(STAMP): $(REQUIREMENTS)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "make needs Python 3.11 as python3 (the CPU torch wheel on disk is cp311); set PYTHON=...")'
@@ -25,15 +27,20 @@ $(STAMP): $(REQUIREMENTS)
 venv: $(STAMP)
 
 demo: venv
-	$(BIN)/imagegen demo
+	$(BIN)/imagegen demo --port $(PORT)
 
 run: venv
-	$(BIN)/imagegen local
+	$(BIN)/imagegen local --port $(PORT)
 
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy layers/common/imagegen_common functions imagegen gpu_service
+	$(BIN)/mypy layers/common/imagegen_common imagegen gpu_service
+	@# Each function apart, with its folder on the path as Lambda has it, so app.py's imports of
+	@# its own modules (from executions import ...) are checked, not ignored as missing.
+	@status=0; for function in functions/*/; do \
+		echo "mypy $$function"; MYPYPATH=$$function $(BIN)/mypy $$function || status=1; \
+	done; exit $$status
 
 template:
 	bash scripts/check_template.sh
@@ -41,10 +48,18 @@ template:
 deployment:
 	bash scripts/check_deployment.sh
 
+# The tests by what they need, one pytest run (and one summary) each; make stops at the first
+# that fails, so the last summary printed is the one that decides.
 unit: venv
-	$(BIN)/pytest
+	$(BIN)/pytest tests/unit tests/gpu_service
 
-test: lint template deployment unit
+workflow: venv
+	$(BIN)/pytest tests/workflow
+
+e2e: venv
+	$(BIN)/pytest tests/e2e
+
+test: lint template deployment unit workflow e2e
 
 clean:
 	rm -rf $(VENV) .venv-sam .venv-checkov .venv-deploy .aws-sam .mypy_cache .ruff_cache .pytest_cache

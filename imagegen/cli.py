@@ -4,7 +4,7 @@ imagegen local                      # the whole system on 127.0.0.1 (API on :300
 imagegen demo                       # start it, generate one image end to end, stop
 imagegen generate "a prompt" [--size 512x512] [--backend gpu] [--out file.png]
 imagegen status <execution_id>
-imagegen invoke <FunctionLogicalId> -e events/<file>.json
+imagegen invoke <FunctionLogicalId> -e events/<file>.json   # against `imagegen local` if it runs
 imagegen models                     # the Bedrock lifecycle of the allowed models
 """
 
@@ -21,7 +21,12 @@ import threading
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # imported where used: each command pays only for what it needs
+    from imagegen.local.deploy import DeployedStack
+    from imagegen.local.lambda_runtime import FunctionSpec, LambdaRuntime
+    from imagegen.local.running_stack import StackRecord
 
 EXIT_FAILED = 1
 EXIT_USAGE = 2
@@ -124,12 +129,42 @@ def _running_stack(args: argparse.Namespace, on_event: Any = None) -> Iterator[A
     except DeployError as error:
         _error(f"the stack could not be created from {args.template}: {error}")
         raise SystemExit(EXIT_DEPLOY) from error
+    record = _record_running_stack(stack)
     try:
         yield stack
     finally:
+        if record is not None:
+            from imagegen.local.running_stack import remove_record
+
+            remove_record(record)  # first: `imagegen invoke` must not pick a stopping stack
         _say("stopping the local stack ...")
         stack.stop()
         _say("stopped")
+
+
+def _record_running_stack(stack: Any) -> StackRecord | None:
+    """Write the record `imagegen invoke` finds the stack by; None if it cannot be written."""
+    from imagegen.local.running_stack import StackRecord, write_record
+
+    record = StackRecord.now(
+        aws_endpoint_url=stack.endpoint_url,
+        api_url=stack.api_url,
+        stack_name=stack.options.stack_name,
+        region=stack.options.region,
+        template=stack.options.template,
+    )
+    try:
+        path = write_record(record)
+    except OSError as error:
+        _error(f"cannot record the running stack ({error}): `imagegen invoke` will not find it")
+        return None
+    _say(f"recorded in {_shown(path)}: `imagegen invoke` runs functions against this stack")
+    return record
+
+
+def _shown(path: Path) -> Path:
+    """``path`` relative to the repository when it is inside it (shorter to read)."""
+    return path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path
 
 
 def cmd_local(args: argparse.Namespace) -> int:
@@ -243,62 +278,220 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 # --- invoke / models -----------------------------------------------------------------------------
 
+_FAKE_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}
+"""What moto needs to sign requests with when the environment has no credentials."""
+
+
+def _note(text: str) -> None:
+    """A progress line of `imagegen invoke`, on standard error: standard output carries the
+    function's result alone, as with `sam local invoke` (``... | jq`` works)."""
+    print(f"[invoke] {text}", file=sys.stderr, flush=True)
+
 
 def cmd_invoke(args: argparse.Namespace) -> int:
-    """Deploy the template into the in-process mock and run one function with an event."""
-    from moto import mock_aws
+    """Run one function of the template with an event, like `sam local invoke`.
 
-    from imagegen.local.deploy import DeployError, deploy_stack
-    from imagegen.local.moto_workarounds import MOTO_CONFIG
+    Against the running local stack when there is one (`imagegen local`, found by its record),
+    else against a stack deployed for this call into an in-process moto. Either way the event's
+    sample resource names become the stack's own (``sample_events``).
+    """
+    from imagegen.local.deploy import DeployError
 
-    event_path = Path(args.event)
-    try:
-        event = json.loads(event_path.read_text()) if args.event != "-" else json.load(sys.stdin)
-    except (OSError, json.JSONDecodeError) as error:
-        _error(f"cannot read the event {args.event}: {error}")
+    template = Path(args.template).resolve()
+    event = _read_event(args.event)
+    if event is None:
         return EXIT_USAGE
-    for name, value in {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_REGION": "us-east-1",
-    }.items():
+    try:
+        functions = _template_functions(template)
+    except (OSError, DeployError, ValueError) as error:
+        _error(f"cannot read the template {args.template}: {error}")
+        return EXIT_DEPLOY
+    if args.function not in functions:
+        _error(
+            f"{args.function} is not a function of {args.template}; "
+            f"functions: {', '.join(sorted(functions))}"
+        )
+        return EXIT_USAGE
+    for name, value in _FAKE_CREDENTIALS.items():
         os.environ.setdefault(name, value)
-    os.environ.pop("AWS_ENDPOINT_URL", None)  # the mock, not a server
+    record, reason = _running_stack_for(args, template)
     with contextlib.ExitStack() as resources:
+        bedrock_endpoint = None
         if args.bedrock == "fake":
             from imagegen.local.fake_bedrock import FakeBedrock
 
-            bedrock = resources.enter_context(FakeBedrock())
-            os.environ["AWS_ENDPOINT_URL_BEDROCK_RUNTIME"] = bedrock.endpoint_url
-            os.environ["AWS_ENDPOINT_URL_BEDROCK"] = bedrock.endpoint_url
-        resources.enter_context(mock_aws(config=MOTO_CONFIG))
-        try:
-            stack = deploy_stack(args.template, parameters=_parameters(args.parameter_overrides))
-        except DeployError as error:
-            _error(str(error))
+            bedrock_endpoint = resources.enter_context(FakeBedrock()).endpoint_url
+        if record is not None:
+            stack, runtime = _attach(record, args.function, bedrock_endpoint)
+        else:
+            _note(f"{reason}: deploying {_shown(template)} into an in-process moto ...")
+            stack, runtime = _deploy_in_process(args, template, bedrock_endpoint, resources)
+        if stack is None or runtime is None:
             return EXIT_DEPLOY
-        if args.function not in stack.functions:
-            _error(
-                f"{args.function} is not a function of {args.template}; "
-                f"functions: {', '.join(sorted(stack.functions))}"
-            )
+        resources.callback(runtime.close)
+        function = stack.functions.get(args.function)
+        if function is None:
+            _error(f"{args.function} has no local code to run (CodeUri in S3, or inline)")
             return EXIT_USAGE
-        started = time.perf_counter()
-        try:
-            result = stack.invoke(args.function, event)
-        except Exception as error:
-            _say(
-                json.dumps(
-                    {"errorType": type(error).__name__, "errorMessage": str(error)}, indent=2
-                )
-            )
-            _error(
-                f"{args.function} raised {type(error).__name__} "
-                f"after {time.perf_counter() - started:.2f} s"
-            )
-            return EXIT_FAILED
-        _say(json.dumps(result, indent=2, default=str))
+        return _invoke_function(runtime, function.spec, _with_stack_names(event, stack))
+
+
+def _read_event(source: str) -> Any:
+    """The event of ``-e`` (a file, or '-' for standard input); None (said why) if unreadable."""
+    try:
+        return json.load(sys.stdin) if source == "-" else json.loads(Path(source).read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        _error(f"cannot read the event {source}: {error}")
+        return None
+
+
+def _template_functions(template: Path) -> set[str]:
+    """The logical ids of the template's functions (read before deploying: a typo costs no
+    deployment)."""
+    from imagegen.local.deploy import load_sam_template
+
+    resources = load_sam_template(template).get("Resources") or {}
+    if not isinstance(resources, dict):
+        raise ValueError("its Resources are not a mapping")
+    return {
+        logical_id
+        for logical_id, resource in resources.items()
+        if isinstance(resource, dict)
+        and resource.get("Type") in ("AWS::Serverless::Function", "AWS::Lambda::Function")
+    }
+
+
+def _running_stack_for(args: argparse.Namespace, template: Path) -> tuple[StackRecord | None, str]:
+    """(the running stack's record, or None and why there is none to use)."""
+    from imagegen.local.running_stack import NoRunningStackError, find_running_stack
+
+    if args.no_running_stack:
+        return None, "--no-running-stack"
+    if args.parameter_overrides:
+        # The running stack's parameters are set: other values need a stack of their own.
+        return None, "--parameter-overrides wants a stack of its own"
+    try:
+        record = find_running_stack(template)
+    except NoRunningStackError as error:
+        return None, str(error)
+    return record, ""
+
+
+def _attach(
+    record: StackRecord, function_id: str, bedrock_endpoint: str | None
+) -> tuple[DeployedStack | None, LambdaRuntime | None]:
+    """The running stack, read through its CloudFormation, and an in-process runtime whose
+    functions call its endpoint; (None, None) when it cannot be read (said why)."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from imagegen.local.deploy import DeployError
+    from imagegen.local.lambda_runtime import LambdaRuntime
+    from imagegen.local.running_stack import read_stack
+
+    _note(
+        f"using the local stack at {record.aws_endpoint_url} (pid {record.pid}): stack "
+        f"{record.stack_name} from {_shown(record.template)}, API {record.api_url}"
+    )
+    try:
+        stack = read_stack(record)
+    except (BotoCoreError, ClientError, DeployError) as error:
+        _error(f"cannot read stack {record.stack_name} at {record.aws_endpoint_url}: {error}")
+        return None, None
+    function = stack.functions.get(function_id)
+    bedrock_region = (function.environment if function else {}).get("BEDROCK_REGION")
+    environment = {
+        "AWS_ENDPOINT_URL": record.aws_endpoint_url,
+        # Bedrock is not moto's: the stand-in, or Amazon Bedrock itself.
+        **_bedrock_variables(bedrock_endpoint, bedrock_region or record.region),
+    }
+    return stack, LambdaRuntime(environment)
+
+
+def _deploy_in_process(
+    args: argparse.Namespace,
+    template: Path,
+    bedrock_endpoint: str | None,
+    resources: contextlib.ExitStack,
+) -> tuple[DeployedStack | None, LambdaRuntime | None]:
+    """A stack deployed from ``template`` into moto's in-process mock (open until ``resources``
+    close) and the runtime its functions run in; (None, None) when it cannot be created."""
+    from imagegen.local.deploy import DeployError, deploy_stack
+    from imagegen.local.lambda_runtime import LambdaRuntime
+    from imagegen.local.moto_aws import local_aws
+
+    resources.enter_context(local_aws())
+    # Under the mock every AWS call is answered in this process; only the stand-in is not AWS.
+    runtime = LambdaRuntime(_bedrock_variables(bedrock_endpoint, None))
+    started = time.perf_counter()
+    try:
+        stack = deploy_stack(
+            template, parameters=_parameters(args.parameter_overrides), runtime=runtime
+        )
+    except DeployError as error:
+        runtime.close()
+        _error(str(error))
+        return None, None
+    _note(f"deployed stack {stack.stack_name} in {time.perf_counter() - started:.1f} s")
+    return stack, runtime
+
+
+def _bedrock_variables(fake_endpoint: str | None, region: str | None) -> dict[str, str]:
+    """Where the functions' Bedrock clients go: the stand-in at ``fake_endpoint``, else Amazon
+    Bedrock in ``region`` (None: leave them to boto3)."""
+    if fake_endpoint is not None:
+        return {
+            "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": fake_endpoint,
+            "AWS_ENDPOINT_URL_BEDROCK": fake_endpoint,
+        }
+    if region is None:
+        return {}
+    return {
+        "AWS_ENDPOINT_URL_BEDROCK_RUNTIME": f"https://bedrock-runtime.{region}.amazonaws.com",
+        "AWS_ENDPOINT_URL_BEDROCK": f"https://bedrock.{region}.amazonaws.com",
+    }
+
+
+def _with_stack_names(event: Any, stack: DeployedStack) -> Any:
+    """``event`` with the sample events' resource names replaced by the stack's, each said."""
+    from imagegen.local.sample_events import resolve_sample_names, stack_names
+
+    resolved, replaced = resolve_sample_names(event, stack_names(stack))
+    for placeholder, name in replaced.items():
+        _note(f"sample name {placeholder} -> {name}")
+    return resolved
+
+
+def _invoke_function(runtime: LambdaRuntime, spec: FunctionSpec, event: Any) -> int:
+    """Cold-start and invoke the function, timing each; the result (or Lambda's error payload)
+    is the last thing on standard output."""
+    from imagegen.local.lambda_bootstrap import IMPORT_ERROR
+    from imagegen.local.lambda_runtime import HandlerLoadError
+
+    _note(f"invoking {spec.logical_id} ({_shown(spec.module_path)}, {spec.handler}) ...")
+    started = time.perf_counter()
+    phase = "cold start"
+    try:
+        # What the function prints or logs goes where these notes go: stdout is for its result.
+        with contextlib.redirect_stdout(sys.stderr):
+            runtime.load(spec)
+            _note(f"cold start (importing the handler) {time.perf_counter() - started:.2f} s")
+            started, phase = time.perf_counter(), "invocation"
+            result = runtime.invoke(spec, event)
+    except Exception as error:
+        error_type = IMPORT_ERROR if isinstance(error, HandlerLoadError) else type(error).__name__
+        _say(json.dumps({"errorType": error_type, "errorMessage": str(error)}, indent=2))
+        _error(
+            f"{spec.logical_id} failed in its {phase}: {error_type} "
+            f"after {time.perf_counter() - started:.2f} s"
+        )
+        return EXIT_FAILED
+    _note(f"{spec.logical_id} returned in {time.perf_counter() - started:.2f} s")
+    _say(json.dumps(result, indent=2, default=str))
     return 0
 
 
@@ -388,7 +581,7 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--model-id", default=None, help="a Bedrock model id from the allow-list")
     generate.add_argument("--num-images", type=int, default=1)
     generate.add_argument(
-        "--out", type=Path, default=None, help="file.png (file-<i>.png for several)"
+        "--out", type=Path, default=None, help="file.png (file-<i>.png for several; default: out/)"
     )
     generate.add_argument("--idempotency-key", default=None)
     generate.add_argument("--timeout", type=float, default=600.0)
@@ -401,13 +594,32 @@ def build_parser() -> argparse.ArgumentParser:
     status.set_defaults(handler=cmd_status)
 
     invoke = commands.add_parser(
-        "invoke", help="run one function with an event, like sam local invoke"
+        "invoke",
+        help="run one function with an event, like sam local invoke: against the running local "
+        "stack when there is one, else a stack deployed for this call",
     )
     invoke.add_argument("function", help="the function's logical id, e.g. ValidatePromptFunction")
     invoke.add_argument("-e", "--event", required=True, help="event JSON file ('-' for stdin)")
     invoke.add_argument("--template", default=str(DEFAULT_TEMPLATE))
-    invoke.add_argument("--bedrock", choices=["fake", "aws"], default="fake")
-    invoke.add_argument("--parameter-overrides", nargs="*", metavar="Key=Value")
+    invoke.add_argument(
+        "--bedrock",
+        choices=["fake", "aws"],
+        default="fake",
+        help="fake (default): the function's Bedrock calls go to the local stand-in; aws: to "
+        "Amazon Bedrock itself",
+    )
+    invoke.add_argument(
+        "--parameter-overrides",
+        nargs="*",
+        metavar="Key=Value",
+        help="template parameter values (deploys a stack for this call: the running one keeps "
+        "its own)",
+    )
+    invoke.add_argument(
+        "--no-running-stack",
+        action="store_true",
+        help="deploy a stack for this call even when `imagegen local` is running",
+    )
     invoke.add_argument("-v", "--verbose", action="store_true")
     invoke.set_defaults(handler=cmd_invoke)
 
@@ -429,7 +641,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         # These run many threads that print (API, functions, worker, event printer).
         from imagegen.local.console import LineAtomicStream
 
-        sys.stdout = LineAtomicStream(sys.stdout)
+        with contextlib.redirect_stdout(LineAtomicStream(sys.stdout)):
+            return _run(args)
+    return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     if args.command in ("generate", "status"):
         import httpx
 

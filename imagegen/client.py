@@ -104,9 +104,10 @@ class ImagegenClient:
 
 
 def output_paths(out: Path | None, execution_id: str, count: int) -> list[Path]:
-    """Where ``count`` images go: ``out`` (``out-<i>.png`` for several), else by execution id."""
+    """Where ``count`` images go: ``out`` (``out-<i>.png`` for several), else ``out/`` (ignored
+    by git) named by execution id."""
     if out is None:
-        return [Path(f"imagegen-{execution_id}-{index}.png") for index in range(count)]
+        return [Path("out") / f"imagegen-{execution_id}-{index}.png" for index in range(count)]
     if count == 1:
         return [out]
     return [out.with_name(f"{out.stem}-{index}{out.suffix or '.png'}") for index in range(count)]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import sys
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -25,7 +26,9 @@ PLACEHOLDER_ENVIRONMENT = {
 def main() -> None:
     for name, value in PLACEHOLDER_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
-    spec = importlib.util.spec_from_file_location("api_app", REPO_ROOT / "functions/api/app.py")
+    api_folder = REPO_ROOT / "functions" / "api"
+    sys.path.insert(0, str(api_folder))  # as in Lambda: app.py imports its own modules from there
+    spec = importlib.util.spec_from_file_location("api_app", api_folder / "app.py")
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)

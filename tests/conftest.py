@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import socket
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -62,20 +61,6 @@ def _fake_aws_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setenv(name, value)
 
 
-@pytest.fixture(autouse=True)
-def _restore_moto_config() -> Iterator[None]:
-    """moto's config is process-wide; a test that changes it (a server's /moto-api/config, the
-    local stack's execute mode) must not change how the next test's mock behaves."""
-    import copy
-
-    from moto.core.config import default_user_config
-
-    saved = copy.deepcopy(default_user_config)
-    yield
-    default_user_config.clear()
-    default_user_config.update(saved)
-
-
 @dataclass
 class FakeLambdaContext:
     function_name: str = "test-function"
@@ -104,18 +89,40 @@ def event_loader() -> Any:
     return load_event
 
 
-def import_function(directory: str) -> Any:
-    """Import ``functions/<directory>/app.py`` afresh, as a Lambda cold start would.
+def import_function(directory: str, module: str = "app") -> Any:
+    """Import ``functions/<directory>/<module>.py`` afresh, as a Lambda cold start would.
 
     Each call gives a new module object, so module-level settings and clients are built under
-    the environment and moto mock active at that moment.
+    the environment and moto mock active at that moment. The function's folder is first on
+    ``sys.path`` during the import, as Lambda's task root is, so the module imports its sibling
+    modules (``from executions import ...``) afresh too; they leave ``sys.modules`` afterwards,
+    so that two functions' modules of the same name never meet.
     """
     import importlib.util
 
-    path = REPO_ROOT / "functions" / directory / "app.py"
-    spec = importlib.util.spec_from_file_location(f"function_{directory}_app", path)
+    folder = REPO_ROOT / "functions" / directory
+    siblings = {
+        path.stem if path.suffix == ".py" else path.name
+        for path in folder.iterdir()
+        if path.suffix == ".py" or (path / "__init__.py").is_file()
+    }
+
+    def sibling_entries() -> list[str]:
+        return [name for name in sys.modules if name.split(".", 1)[0] in siblings]
+
+    spec = importlib.util.spec_from_file_location(
+        f"function_{directory}_{module}", folder / f"{module}.py"
+    )
     assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # pydantic resolves the module's annotations through it
-    spec.loader.exec_module(module)
-    return module
+    loaded = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = loaded  # pydantic resolves the module's annotations through it
+    shadowed = {name: sys.modules.pop(name) for name in sibling_entries()}
+    sys.path.insert(0, str(folder))
+    try:
+        spec.loader.exec_module(loaded)
+    finally:
+        sys.path.remove(str(folder))
+        for name in sibling_entries():
+            del sys.modules[name]
+        sys.modules.update(shadowed)
+    return loaded

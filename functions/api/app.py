@@ -26,18 +26,11 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError, ClientError
 
-from imagegen_common.api_errors import ApiRefusal, InvalidRequestError, refusal_for_aws_error
+from executions import JobCancellation, cancel_job, job_status, new_job_id, start_job
+from gpu_backlog import GpuBacklogFullError, check_gpu_backlog
 from imagegen_common.aws import client
 from imagegen_common.errors import InvalidPromptError
-from imagegen_common.executions import (
-    JobCancellation,
-    cancel_job,
-    job_status,
-    new_job_id,
-    start_job,
-)
-from imagegen_common.jobs import GpuBacklogFullError, check_gpu_backlog, resolve_request
-from imagegen_common.json_body import read_json_object
+from imagegen_common.jobs import resolve_request
 from imagegen_common.models import (
     ApiError,
     Backend,
@@ -50,6 +43,8 @@ from imagegen_common.models import (
     JobStatus,
 )
 from imagegen_common.settings import ApiSettings
+from json_body import read_json_object
+from refusals import ApiRefusal, InvalidRequestError, refusal_for_aws_error
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse

@@ -7,8 +7,8 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel
 
+from generation import generate_image_with_bedrock
 from imagegen_common.aws import client
-from imagegen_common.generation import generate_image_with_bedrock
 from imagegen_common.models import ImageSlot, Job
 from imagegen_common.settings import GenerationSettings
 

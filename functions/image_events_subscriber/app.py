@@ -1,6 +1,6 @@
 """ImageEventsSubscriberFunction: an example subscriber of the result events.
 
-Copy it to start your own: it parses the EventBridge envelope with powertools' parser, turns
+Copy its folder to start your own: it parses the EventBridge envelope with powertools' parser, turns
 ``detail`` into the typed model of its detail-type, and logs what a downstream system would act on.
 """
 
@@ -12,7 +12,7 @@ from aws_lambda_powertools.utilities.parser import parse
 from aws_lambda_powertools.utilities.parser.models import EventBridgeModel
 from aws_lambda_powertools.utilities.typing import LambdaContext
 
-from imagegen_common.subscriber import ResultEvent, summarise_result_event
+from subscriber import ResultEvent, summarise_result_event
 
 
 class ResultEventEnvelope(EventBridgeModel):

@@ -2,12 +2,12 @@
 
 The SAM template is translated to CloudFormation with samtranslator (after its local
 ``CodeUri``/``ContentUri``/``DefinitionUri`` are swapped for what samtranslator accepts), the
-result is adjusted for moto's gaps (``moto_workarounds``) and created as a stack in moto's
+result is adjusted for moto's gaps (``moto_aws``) and created as a stack in moto's
 CloudFormation. Everything the local stack knows about resources comes from that stack, so a
 change to the template shows up locally; there is no second list of resources.
 
-Works against the in-process mock (inside ``mock_aws(config=MOTO_CONFIG)``) and against a moto
-server running in this process (``AWS_ENDPOINT_URL`` or ``endpoint_url``).
+Needs moto open through ``moto_aws.local_aws()``: its in-process mock, or its server in this
+process (``AWS_ENDPOINT_URL`` or ``endpoint_url``).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Any
 
 import boto3
 
-from imagegen.local import moto_workarounds
+from imagegen.local import moto_aws
 from imagegen.local.lambda_runtime import DEFAULT_REGION, FunctionSpec, LambdaRuntime
 
 logger = logging.getLogger(__name__)
@@ -231,16 +231,16 @@ def deploy_stack(
     With ``wire_lambdas`` (the default) moto's Lambda invocations of the stack's functions (the
     state machine's Lambda tasks) run our handlers in this process through ``runtime``.
     """
-    moto_workarounds.install()
+    moto_aws.current()  # moto is open, with its config and work-arounds (else a clear error)
     template_path = Path(template_path).resolve()
     artifact_bucket = f"{stack_name}-artifacts".lower()
     cfn, local_code = translate_template(template_path, parameters, region, artifact_bucket)
-    cfn = moto_workarounds.adjust_template(cfn)
+    cfn = moto_aws.adjust_template(cfn)
     client = functools.partial(_client, region=region, endpoint_url=endpoint_url)
 
     s3 = client("s3")
     _create_bucket(s3, artifact_bucket, region)
-    code_zip = moto_workarounds.placeholder_code_zip()
+    code_zip = moto_aws.placeholder_code_zip()
     for key in sorted(_artifact_keys(cfn, artifact_bucket)):
         s3.put_object(Bucket=artifact_bucket, Key=key, Body=code_zip)
 
@@ -248,7 +248,7 @@ def deploy_stack(
     unknown = sorted(set(parameters or {}) - set(declared))
     if unknown:
         raise DeployError(f"{template_path} has no parameters {unknown}")
-    stack_parameters = moto_workarounds.parameters_with_list_defaults(
+    stack_parameters = moto_aws.parameters_with_list_defaults(
         declared, {key: str(value) for key, value in (parameters or {}).items()}
     )
     cloudformation = client("cloudformation")
@@ -289,8 +289,9 @@ def deploy_stack(
 
 def wire_functions(stack: DeployedStack, runtime: LambdaRuntime) -> None:
     """Route moto's invocations of the stack's functions to ``runtime``."""
+    aws = moto_aws.current()
     for function in stack.functions.values():
-        moto_workarounds.register_lambda(
+        aws.register_lambda(
             function.function_name, functools.partial(_dispatch, runtime, function.spec)
         )
 
@@ -370,7 +371,7 @@ def describe_stack(
 ) -> DeployedStack:
     """What the stack holds, by logical id, read back from moto."""
     stack = cloudformation.describe_stacks(StackName=stack_name)["Stacks"][0]
-    carried, outputs = moto_workarounds.physical_ids_from_outputs(
+    carried, outputs = moto_aws.physical_ids_from_outputs(
         {o["OutputKey"]: o["OutputValue"] for o in stack.get("Outputs", [])}
     )
     resources: dict[str, tuple[str, str]] = {}

@@ -529,6 +529,23 @@ class _InProcessEnvironment:
         # shared by the environments of this process: they keep no per-function state (clients
         # and settings live in the handler modules, one copy per cold start).
         sys.modules[module_name] = module
+        # The handler's sibling modules (``from executions import ...``) are found as in Lambda,
+        # through the code folder first on sys.path. They are per function, while sys.modules is
+        # per process: each import gets fresh ones, which then leave sys.modules (the handler
+        # module keeps what it imported), so another function's module of the same name is
+        # never seen. A sibling must therefore be imported at the handler's import, as ours are.
+        code_dir = str(spec.code_dir)
+        siblings = {
+            entry.stem if entry.suffix == ".py" else entry.name
+            for entry in spec.code_dir.iterdir()
+            if entry.suffix == ".py" or (entry / "__init__.py").is_file()
+        }
+
+        def sibling_entries() -> list[str]:
+            return [name for name in sys.modules if name.split(".", 1)[0] in siblings]
+
+        shadowed = {name: sys.modules.pop(name) for name in sibling_entries()}
+        sys.path.insert(0, code_dir)
         try:
             module_spec.loader.exec_module(module)
         except Exception as error:
@@ -536,6 +553,11 @@ class _InProcessEnvironment:
             raise HandlerLoadError(
                 f"{spec.logical_id}: importing {path} failed: {type(error).__name__}: {error}"
             ) from error
+        finally:
+            sys.path.remove(code_dir)
+            for name in sibling_entries():
+                del sys.modules[name]
+            sys.modules.update(shadowed)
         return module
 
     def invoke(self, event: Any, request_id: str) -> Any:

@@ -2,7 +2,7 @@
 
 ``LocalStack.start()`` brings up:
 - moto's server (S3, SQS, EventBridge, Step Functions executing our ASL, ...) on ``moto_port``,
-  in this process;
+  in this process, through ``moto_aws.local_aws(server=True)``;
 - the stack built from template.yaml (``deploy.deploy_stack``), its Lambda functions running in
   execution environments that are child processes (``lambda_runtime.ProcessLambdaRuntime``);
 - the API on ``api_port`` (``api_gateway``, uvicorn), handing API Gateway proxy events to
@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 import boto3
 
@@ -34,7 +36,8 @@ from imagegen.local.api_gateway import ApiLimits, LocalApiGateway, LocalApiServe
 from imagegen.local.deploy import DeployedStack, deploy_stack
 from imagegen.local.gpu_worker_process import GpuWorkerProcess, WorkerExitedError
 from imagegen.local.lambda_runtime import DEFAULT_MAX_ENVIRONMENTS, ProcessLambdaRuntime
-from imagegen.local.moto_server import MotoServer, ensure_port_free, free_port, start_moto_server
+from imagegen.local.moto_aws import LocalAws, local_aws
+from imagegen.local.moto_server import ensure_port_free
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +128,9 @@ class LocalStack:
         self._event_listeners: list[Callable[[dict[str, Any]], None]] = []
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        self._moto: MotoServer | None = None
+        self._aws: LocalAws | None = None
+        self._moto = contextlib.ExitStack()
+        """Closes moto (``local_aws``): its server, backends, config and patches."""
         self._api: LocalApiServer | None = None
         self._runtime: ProcessLambdaRuntime | None = None
         self._bedrock: Any = None
@@ -137,6 +142,11 @@ class LocalStack:
         self._saved_environment: dict[str, str | None] = {}
 
     # --- Start ----------------------------------------------------------------------------------
+
+    @property
+    def endpoint_url(self) -> str | None:
+        """The moto server's URL (AWS_ENDPOINT_URL for clients of this stack), once started."""
+        return self._aws.endpoint_url if self._aws is not None else None
 
     @property
     def api_url(self) -> str:
@@ -175,10 +185,12 @@ class LocalStack:
     def _start_services(self) -> None:
         options = self.options
         self._work_dir = Path(tempfile.mkdtemp(prefix="imagegen-local-"))
-        moto_port = options.moto_port or free_port(options.host)
-        self._moto = start_moto_server(moto_port, options.host)
-        endpoint = self._moto.endpoint_url
-        environment = {"AWS_ENDPOINT_URL": endpoint, "MOTO_PORT": str(moto_port)}
+        self._aws = self._moto.enter_context(
+            local_aws(server=True, host=options.host, port=options.moto_port)
+        )
+        endpoint = self._aws.endpoint_url
+        assert endpoint is not None
+        environment = {"AWS_ENDPOINT_URL": endpoint}
         if options.bedrock == "fake":
             from imagegen.local.fake_bedrock import FakeBedrock
 
@@ -424,9 +436,11 @@ class LocalStack:
                 f"  -> {route.function_logical_id}"
             )
         for logical_id, name in stack.buckets.items():
-            lines.append(f"bucket         {logical_id}: {name}")
+            lines.append(f"bucket         {logical_id}: {endpoint}/{name}")
         for logical_id, url in stack.queues.items():
-            lines.append(f"queue          {logical_id}: {url}")
+            # moto names queues with AWS's host; the same path answers on the local endpoint.
+            local_url = endpoint + urlsplit(url).path
+            lines.append(f"queue          {logical_id}: {local_url}")
         for logical_id, name in stack.event_buses.items():
             lines.append(f"event bus      {logical_id}: {name}")
         for logical_id, arn in stack.state_machines.items():
@@ -474,9 +488,8 @@ class LocalStack:
         if self._bedrock is not None:
             self._bedrock.stop()
             self._bedrock = None
-        if self._moto is not None:
-            self._moto.stop()
-            self._moto = None
+        self._moto.close()
+        self._aws = None
         if self._work_dir is not None:
             shutil.rmtree(self._work_dir, ignore_errors=True)
             self._work_dir = None

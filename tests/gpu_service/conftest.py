@@ -16,12 +16,12 @@ from typing import Any
 import boto3
 import pytest
 from botocore.exceptions import ClientError
-from moto import mock_aws
 
 from gpu_service.engine import Engine
 from gpu_service.settings import Settings
 from gpu_service.tiny_model import ensure_tiny_model
 from gpu_service.worker import Worker
+from imagegen.local.moto_aws import local_aws
 from imagegen_common.models import GenerateRequest, GpuJobMessage, ImageSlot, Job
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -44,16 +44,6 @@ def gpu_state_definition(queue_url: str) -> str:
     state["End"] = True
     state["Parameters"] = {**state["Parameters"], "QueueUrl": queue_url}
     return json.dumps({"StartAt": "Generate on GPU", "States": {"Generate on GPU": state}})
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _moto_as_the_local_stack_has_it() -> None:
-    """The local stack's moto work-arounds (imagegen/local/moto_workarounds.py), so the worker meets
-    the Step Functions the local stack has: e.g. a heartbeat for a task whose state has no
-    HeartbeatSeconds is accepted, a stopped execution's token answers TaskTimedOut."""
-    from imagegen.local.moto_workarounds import install
-
-    install()
 
 
 @pytest.fixture(scope="session")
@@ -177,8 +167,11 @@ class Aws:
 
 @pytest.fixture
 def aws() -> Iterator[Aws]:
-    """moto executing the workflow's GPU state against a GPU queue with a dead-letter queue."""
-    with mock_aws(config={"stepfunctions": {"execute_state_machine": True}}):
+    """moto executing the workflow's GPU state against a GPU queue with a dead-letter queue,
+    through the local stack's door (``local_aws``), so the worker meets the Step Functions the
+    local stack has: e.g. a heartbeat for a task whose state has no HeartbeatSeconds is accepted,
+    a stopped execution's token answers TaskTimedOut."""
+    with local_aws():
         sqs = boto3.client("sqs", region_name="us-east-1")
         s3 = boto3.client("s3", region_name="us-east-1")
         sfn = boto3.client("stepfunctions", region_name="us-east-1")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -21,10 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import boto3
-import httpx
 import pytest
-from moto.server import ThreadedMotoServer
 
+from imagegen.local.moto_aws import local_aws
 from imagegen_common.models import GenerateRequest, ImageSlot, Job
 from tests.gpu_service.conftest import gpu_state_definition
 
@@ -44,24 +42,12 @@ worker.main([])
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture
-def moto_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    port = _free_port()
-    monkeypatch.setenv("MOTO_PORT", str(port))  # moto's interpreter calls SQS at localhost:PORT
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    httpx.post(
-        f"{endpoint}/moto-api/config", json={"stepfunctions": {"execute_state_machine": True}}
-    ).raise_for_status()
-    yield endpoint
-    server.stop()
+def moto_endpoint() -> Iterator[str]:
+    """moto's server on 127.0.0.1, as the local stack starts it (``local_aws(server=True)``)."""
+    with local_aws(server=True) as aws:
+        assert aws.endpoint_url is not None
+        yield aws.endpoint_url
 
 
 @dataclass

@@ -6,17 +6,21 @@ import sys
 
 import pytest
 
-from imagegen_common.api_errors import (
-    InvalidRequestError,
-    MalformedBodyError,
-    UnsupportedMediaTypeError,
+from tests.conftest import import_function
+
+# functions/api/json_body.py, imported as the API's cold start imports it; the refusals it raises
+# are the classes of that same import.
+json_body = import_function("api", "json_body")
+MAX_JSON_DEPTH, MAX_NUMBER_CHARS = json_body.MAX_JSON_DEPTH, json_body.MAX_NUMBER_CHARS
+exceeds_depth, is_json_media_type, read_json_object = (
+    json_body.exceeds_depth,
+    json_body.is_json_media_type,
+    json_body.read_json_object,
 )
-from imagegen_common.json_body import (
-    MAX_JSON_DEPTH,
-    MAX_NUMBER_CHARS,
-    exceeds_depth,
-    is_json_media_type,
-    read_json_object,
+InvalidRequestError, MalformedBodyError, UnsupportedMediaTypeError = (
+    json_body.InvalidRequestError,
+    json_body.MalformedBodyError,
+    json_body.UnsupportedMediaTypeError,
 )
 
 

@@ -5,8 +5,9 @@
   ``imagegen models`` read it.
 - The result events' detail-types: ``imagegen_common.models.RESULT_EVENT_DETAILS``. Every rule in
   the template that routes result events, and every event the workflow emits, must use them.
-- The stage ``GET /generate/{id}`` reports: ``executions.STAGE_BY_STATE``, keyed by the workflow's
-  state names. A state renamed or added in the ASL without a stage would report ``stage: null``.
+- The stage ``GET /generate/{id}`` reports: ``STAGE_BY_STATE`` in ``functions/api/executions.py``,
+  keyed by the workflow's state names. A state renamed or added in the ASL without a stage would
+  report ``stage: null``.
 """
 
 from __future__ import annotations
@@ -23,11 +24,12 @@ from samtranslator.yaml_helper import yaml_parse
 from imagegen import model_lifecycle
 from imagegen.local.fake_bedrock import FakeBedrock
 from imagegen_common.bedrock import DEFAULT_MODEL_ID, KNOWN_MODEL_IDS
-from imagegen_common.executions import STAGE_BY_STATE
 from imagegen_common.models import RESULT_EVENT_DETAILS
 from imagegen_common.settings import GenerationSettings
+from tests.conftest import import_function
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+STAGE_BY_STATE = import_function("api", "executions").STAGE_BY_STATE
 
 # The stages the README documents for a running job.
 DOCUMENTED_STAGES = {"validating", "generating", "signing", "publishing", "failing"}

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 from datetime import UTC, datetime, timedelta
-from types import SimpleNamespace
 from typing import Any
 
+import boto3
+import botocore.session
 import pytest
+from botocore.credentials import CredentialProvider, RefreshableCredentials
 
 from imagegen_common.errors import (
     ContentFilteredError,
@@ -148,24 +150,46 @@ def test_failure_of_an_unplanned_job_still_names_the_owner() -> None:
     assert detail.error.code is ErrorCode.INTERNAL_ERROR
 
 
-class _Signer:
-    """Stands in for an S3 client: signs deterministically, credentials with a known expiry."""
+class _CredentialsUntil(CredentialProvider):
+    """Temporary credentials ending at a known moment, as a Lambda role's are."""
 
-    def __init__(self, expiry: datetime | None) -> None:
-        self._request_signer = SimpleNamespace(_credentials=SimpleNamespace(_expiry_time=expiry))
+    METHOD = "test-temporary"
 
-    def generate_presigned_url(self, operation: str, Params: Any, ExpiresIn: int) -> str:
-        return f"https://{Params['Bucket']}/{Params['Key']}?X-Amz-Expires={ExpiresIn}"
+    def __init__(self, expiry: datetime) -> None:
+        super().__init__()
+        self.metadata = {
+            "access_key": "AKIDTEMPORARY",
+            "secret_key": "secret",
+            "token": "session-token",
+            "expiry_time": expiry.isoformat(),
+        }
+
+    def load(self) -> RefreshableCredentials:
+        return RefreshableCredentials.create_from_metadata(
+            self.metadata, refresh_using=lambda: self.metadata, method=self.METHOD
+        )
+
+
+def s3_client(credentials_until: datetime | None = None) -> Any:
+    """A real S3 client (signing needs no network) with credentials that end at
+    ``credentials_until``, or with the environment's long-lived ones."""
+    session = botocore.session.Session()
+    if credentials_until is not None:
+        resolver = session.get_component("credential_provider")
+        resolver.insert_before("env", _CredentialsUntil(credentials_until))
+    return boto3.Session(botocore_session=session).client("s3", region_name="us-east-1")
 
 
 def test_expires_at_is_the_earlier_of_ttl_and_credential_expiry() -> None:
-    _, long_lived = presign_get(_Signer(NOW + timedelta(hours=1)), "b", "k", 300, NOW)
-    _, short_lived = presign_get(_Signer(NOW + timedelta(seconds=60)), "b", "k", 300, NOW)
-    _, unknown = presign_get(_Signer(None), "b", "k", 300, NOW)
+    now = datetime.now(UTC)  # the credentials' expiry is checked against the clock when signing
+    url, long_lived = presign_get(s3_client(now + timedelta(hours=1)), "b", "k", 300, now)
+    _, short_lived = presign_get(s3_client(now + timedelta(seconds=60)), "b", "k", 300, now)
+    _, unknown = presign_get(s3_client(), "b", "k", 300, now)
 
-    assert long_lived == NOW + timedelta(seconds=300)
-    assert short_lived == NOW + timedelta(seconds=60)
-    assert unknown == NOW + timedelta(seconds=300)
+    assert "AKIDTEMPORARY" in url  # signed with the temporary credentials
+    assert long_lived == now + timedelta(seconds=300)
+    assert short_lived == now + timedelta(seconds=60)
+    assert unknown == now + timedelta(seconds=300)
 
 
 def test_signing_raises_the_first_failure_when_no_image_was_made() -> None:
@@ -177,4 +201,4 @@ def test_signing_raises_the_first_failure_when_no_image_was_made() -> None:
         ),
     ]
     with pytest.raises(ContentFilteredError):
-        sign_generated_images(planned, outcomes, _Signer(None), 300, NOW)
+        sign_generated_images(planned, outcomes, s3_client(), 300, NOW)

@@ -130,7 +130,7 @@ def _reports_cancel(handler: Any, event: dict[str, Any], context: Any) -> None:
     )
     published = handler(event, context)
     assert published["detail_type"] == "Image Generation Cancelled"
-    assert published["detail"]["owner"] == "apikey:abc123"
+    assert published["detail"]["owner"] == "apikey:k1a2b3c4d5"
 
 
 def _summarises(metric: str) -> Any:

@@ -16,8 +16,8 @@ from imagegen_common.models import ErrorCode, ErrorInfo, TaskError
 class ImageGenError(Exception):
     """Base of every error our code raises; ``code`` is what subscribers and API clients see.
 
-    Job failures are defined here; the API's refusals (``api_errors.ApiRefusal`` and its
-    subclasses) derive from this class too, so there is one hierarchy.
+    Job failures are defined here; the API's refusals (``ApiRefusal`` and its subclasses, in
+    ``functions/api/refusals.py``) derive from this class too, so there is one hierarchy.
     """
 
     code: ClassVar[ErrorCode] = ErrorCode.INTERNAL_ERROR

@@ -1,27 +1,23 @@
 """Turning a request into a runnable job: defaults, the deployment's rules and the model's limits.
 
-The API calls :func:`resolve_request` to answer 422 before a workflow starts, and
-:func:`check_gpu_backlog` to answer 429 rather than queue a GPU job that would wait too long; the
-"Validate Prompt" state calls :func:`plan_job` again on the workflow's own input (an execution can
-be started without the API) and adds the content policy, seeds and S3 keys.
+The API calls :func:`resolve_request` to answer 422 before a workflow starts; the "Validate Prompt"
+state calls :func:`plan_job` again on the workflow's own input (an execution can be started without
+the API) and adds the content policy, seeds and S3 keys.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
-from http import HTTPStatus
 from typing import Any
 
 from pydantic import ValidationError
 
-from imagegen_common.api_errors import ApiRefusal
 from imagegen_common.bedrock import adapter_for
 from imagegen_common.errors import InvalidPromptError
 from imagegen_common.models import (
     MAX_SEED,
     Backend,
-    ErrorCode,
     GenerateRequest,
     ImageSlot,
     Job,
@@ -29,13 +25,6 @@ from imagegen_common.models import (
 from imagegen_common.settings import GenerationSettings
 
 _SIZE = re.compile(r"^(\d+)x(\d+)$")
-
-
-class GpuBacklogFullError(ApiRefusal):
-    """The GPU queue already holds as many waiting jobs as the deployment allows (429)."""
-
-    code = ErrorCode.TOO_MANY_REQUESTS
-    http_status = HTTPStatus.TOO_MANY_REQUESTS
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -84,24 +73,6 @@ def resolve_request(
     if model_id is not None:
         adapter_for(model_id).check_request(request.prompt, request.negative_prompt, width, height)
     return backend, model_id, width, height
-
-
-def check_gpu_backlog(sqs: Any, queue_url: str, max_backlog: int, retry_after_seconds: int) -> None:
-    """Refuse a GPU job while ``max_backlog`` or more jobs wait in the GPU queue.
-
-    Counts the messages waiting (``ApproximateNumberOfMessages``), not those being worked on: a
-    job accepted behind a long queue would spend its wait against the workflow's timeouts.
-    """
-    attributes = sqs.get_queue_attributes(
-        QueueUrl=queue_url, AttributeNames=["ApproximateNumberOfMessages"]
-    )["Attributes"]
-    waiting = int(attributes["ApproximateNumberOfMessages"])
-    if waiting >= max_backlog:
-        raise GpuBacklogFullError(
-            f"the GPU backlog is full ({waiting} jobs waiting, limit {max_backlog}); "
-            f"retry in {retry_after_seconds} s",
-            retry_after_seconds=retry_after_seconds,
-        )
 
 
 def parse_job(payload: Any) -> Job:

@@ -225,7 +225,6 @@ class GpuJobMessage(BaseModel):
 
 # --- Events (EventBridge ``detail``) ---------------------------------------------------------
 
-EVENT_SOURCE = "imagegen"
 IMAGE_GENERATED = "Image Generated"
 IMAGE_GENERATION_FAILED = "Image Generation Failed"
 IMAGE_GENERATION_CANCELLED = "Image Generation Cancelled"

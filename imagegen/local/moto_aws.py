@@ -1,10 +1,21 @@
-"""Every moto work-around of the local stack, in one place (moto 5.2.5).
+"""moto, as the local stack and the tests use it: one door (moto 5.2.5).
 
-Each block names the gap it fills, so it can be dropped when moto closes it. Nothing here changes
-our production code: the template is adjusted on its way into moto's CloudFormation, and a few
-moto classes are patched in this process (the in-process mock and a ``ThreadedMotoServer`` alike).
-``install()`` applies the patches; it is idempotent and leaves moto's behaviour unchanged for
-anything the local stack did not register.
+``with local_aws() as aws:`` runs AWS in this process (moto's mock); ``with local_aws(server=True)
+as aws:`` also serves it over HTTP on 127.0.0.1 (``aws.endpoint_url``), as `imagegen local` needs
+for the processes it starts. This is the only way into moto here: the local stack, `imagegen
+invoke`, the workflow tests and the GPU worker tests all come through it. Entering it
+
+- patches moto's classes for the gaps listed below, each patch saying which gap it fills;
+- sets moto's config to ``MOTO_CONFIG`` (execute ASL for real, Lambda without Docker);
+- starts the in-process mock (taking ``AWS_ENDPOINT_URL`` away meanwhile: every call must meet the
+  mock), or the server (setting ``MOTO_PORT``, where moto's interpreter calls its tasks' services);
+
+and leaving it stops the server, resets moto's backends and puts back moto's config, those
+variables and every patched attribute: after it, moto is as imported. moto's state is process-wide,
+so the door is open once at a time; entering it while it is open raises.
+
+The template is adjusted on its way into moto's CloudFormation by the plain functions of the first
+section (``deploy`` calls them); nothing here changes our production code.
 
 Gaps filled (details at each block):
 - template: ``Ref`` of an EventBus; RestApi without ``Name``; Outputs reading unmodelled types;
@@ -12,31 +23,37 @@ Gaps filled (details at each block):
 - code: Lambda code zips must exist in S3 (a placeholder is uploaded);
 - Step Functions: machines created by CloudFormation land in the backend execute mode does not
   read, and DefinitionSubstitutions are ignored; GetExecutionHistory ignores reverseOrder and
-  maxResults;
+  maxResults; no "Step Functions Execution Status Change" events; StopExecution waits for the
+  current state to end (a `.waitForTaskToken` wait included) and may read FAILED; a heartbeat for
+  a task without HeartbeatSeconds is refused; the ASL is parsed again for every execution;
 - API Gateway: a RestApi's ``Body`` is ignored (and only OpenAPI 3 can be imported);
-- Lambda: without Docker nothing runs (our handlers are dispatched in-process, errors reported
-  with ``x-amz-function-error``);
+- Lambda: without Docker nothing runs (our handlers are dispatched through ``register_lambda``,
+  errors reported with ``x-amz-function-error``);
 - EventBridge: a rule with a Lambda target raises instead of invoking it.
-- Step Functions: no "Step Functions Execution Status Change" events; StopExecution waits for the
-  current state to end (a `.waitForTaskToken` wait included) and may read FAILED.
 Not worked around: ``AWS::SQS::QueuePolicy``, ``AWS::ApiGateway::Stage``/``ApiKey``/``UsagePlan``,
 ``AWS::S3::BucketPolicy`` and the schema registry are skipped by moto (logged); moto does not
-invoke ``aws_proxy`` integrations (``api_gateway`` serves the routes instead); ``StopExecution``
-applies only when the current state ends (see the offline-toolchain notes).
+invoke ``aws_proxy`` integrations (``api_gateway`` serves the routes instead).
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import json
 import logging
+import os
 import re
 import threading
 import time
+import urllib.request
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from typing import Any
+from unittest import mock
+
+from imagegen.local.moto_server import ensure_port_free, free_port
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +66,145 @@ MOTO_CONFIG: Any = {
 LambdaDispatch = Callable[[bytes, dict[str, Any]], tuple[bytes, str | None]]
 """Runs one invocation: (request body, request headers) -> (payload, function error or None)."""
 
-_dispatchers: dict[str, LambdaDispatch] = {}
-_install_lock = threading.Lock()
-_installed = False
+Patch = tuple[Any, str, Any]
+"""(object, attribute, replacement): one attribute of moto replaced while the door is open."""
+
 _OUTPUT_PREFIX = "LocalStackPhysicalId"
+
+
+# --- The door ----------------------------------------------------------------------------------
+
+
+@dataclass
+class LocalAws:
+    """The open door: where moto answers, and which Lambda functions run our code."""
+
+    endpoint_url: str | None = None
+    """moto's server (``http://127.0.0.1:PORT``), or None for the in-process mock."""
+    port: int | None = None
+    _dispatchers: dict[str, LambdaDispatch] = field(default_factory=dict)
+
+    def register_lambda(self, function_name: str, dispatch: LambdaDispatch) -> None:
+        """Route moto's invocations of ``function_name`` (the state machine's Lambda tasks,
+        EventBridge targets, the SQS event source) to ``dispatch``, until the door closes."""
+        self._dispatchers[function_name] = dispatch
+
+
+_open_lock = threading.Lock()
+_open: LocalAws | None = None
+
+
+def current() -> LocalAws:
+    """The open door; RuntimeError when it is closed."""
+    if _open is None:
+        raise RuntimeError(
+            "moto is not open: enter imagegen.local.moto_aws.local_aws() first (it applies the "
+            "local stack's moto config and work-arounds, and undoes them on exit)"
+        )
+    return _open
+
+
+@contextlib.contextmanager
+def local_aws(
+    *, server: bool = False, host: str = "127.0.0.1", port: int | None = None
+) -> Iterator[LocalAws]:
+    """moto with the local stack's config and work-arounds, until the block ends.
+
+    ``server``: also serve it on ``host:port`` (a free port when ``port`` is None; PortInUseError
+    when it is taken). Without it, the in-process mock answers this process's boto3 calls.
+    """
+    global _open
+    if port is not None and not server:
+        raise ValueError("a port is for moto's server: pass server=True")
+    with _open_lock:
+        if _open is not None:
+            raise RuntimeError(
+                "local_aws() is already open in this process: moto's backends, config and "
+                "patches are process-wide, so one at a time (leave the first one first)"
+            )
+        aws = _open = LocalAws()
+    try:
+        with contextlib.ExitStack() as undo:
+            for target, attribute, replacement in _patches(aws):
+                undo.enter_context(mock.patch.object(target, attribute, replacement))
+            from moto.core.config import default_user_config
+
+            # moto's config is process-wide and the server's /moto-api/config changes it for
+            # good: its contents now are put back on exit.
+            undo.enter_context(mock.patch.dict(default_user_config))
+            if server:
+                _serve(aws, host, port, undo)
+            else:
+                from moto import mock_aws
+
+                undo.enter_context(_environment(AWS_ENDPOINT_URL=None))
+                undo.enter_context(mock_aws(config=MOTO_CONFIG))  # resets the backends on exit
+            yield aws
+    finally:
+        with _open_lock:
+            _open = None
+
+
+def _serve(aws: LocalAws, host: str, port: int | None, undo: contextlib.ExitStack) -> None:
+    from moto.server import ThreadedMotoServer
+
+    port = port or free_port(host)
+    # Checked first: ThreadedMotoServer waits forever for a server that could not bind.
+    ensure_port_free(host, port, "the moto server")
+    # moto's Step Functions interpreter calls Lambda (and its tasks' other services) at
+    # localhost:$MOTO_PORT.
+    undo.enter_context(_environment(MOTO_PORT=str(port)))
+    server = ThreadedMotoServer(ip_address=host, port=port, verbose=False)
+    server.start()
+    undo.callback(server.stop)
+    aws.endpoint_url, aws.port = f"http://{host}:{port}", port
+    _post(aws.endpoint_url, "/moto-api/config", MOTO_CONFIG)
+    # moto's backends are process-wide, not per server: without a reset the next door (a
+    # test's) would find this one's resources, its stack name taken. Runs before the stop.
+    undo.callback(_post, aws.endpoint_url, "/moto-api/reset", None)
+
+
+def _post(endpoint_url: str, path: str, body: Any) -> None:
+    request = urllib.request.Request(  # noqa: S310 (a fixed http URL on loopback)
+        endpoint_url + path,
+        data=json.dumps(body).encode() if body is not None else b"",
+        headers={"Content-Type": "application/json"},
+        method="POST",
+    )
+    with urllib.request.urlopen(request, timeout=10):  # noqa: S310
+        pass
+
+
+@contextlib.contextmanager
+def _environment(**variables: str | None) -> Iterator[None]:
+    """Set (or, for None, remove) these variables; put back exactly these on exit."""
+    saved = {name: os.environ.get(name) for name in variables}
+    for name, value in variables.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def _patches(aws: LocalAws) -> list[Patch]:
+    return [
+        *_state_machine_creation(),
+        *_rest_api_creation(),
+        *_lambda_invoke(aws),
+        *_rule_lambda_targets(),
+        *_execution_history_paging(),
+        *_stop_during_callback(),
+        *_heartbeat_without_heartbeat_seconds(),
+        *_interpreter_caches(),
+    ]
 
 
 # --- Template adjustments (applied to the translated CloudFormation template) ----------------
@@ -178,33 +330,7 @@ def placeholder_code_zip() -> bytes:
     return buffer.getvalue()
 
 
-# --- Patched moto classes --------------------------------------------------------------------
-
-
-def install() -> None:
-    """Patch moto's classes in this process (once)."""
-    global _installed
-    with _install_lock:
-        if _installed:
-            return
-        _patch_state_machine_creation()
-        _patch_rest_api_creation()
-        _patch_lambda_invoke()
-        _patch_rule_lambda_targets()
-        _patch_execution_history_paging()
-        _patch_stop_during_callback()
-        _patch_heartbeat_without_heartbeat_seconds()
-        _cache_interpreter_setup()
-        _installed = True
-
-
-def register_lambda(function_name: str, dispatch: LambdaDispatch) -> None:
-    """Route moto Lambda invocations of ``function_name`` to ``dispatch``."""
-    _dispatchers[function_name] = dispatch
-
-
-def unregister_lambda(function_name: str) -> None:
-    _dispatchers.pop(function_name, None)
+# --- Patches of moto's classes (applied by the door, undone when it closes) ---------------------
 
 
 def substitute_definition(definition: str, substitutions: dict[str, Any]) -> str:
@@ -214,9 +340,9 @@ def substitute_definition(definition: str, substitutions: dict[str, Any]) -> str
     return definition
 
 
-def _patch_state_machine_creation() -> None:
-    from moto.core.config import default_user_config
+def _state_machine_creation() -> list[Patch]:
     from moto.stepfunctions.models import StateMachine, stepfunctions_backends
+    from moto.stepfunctions.parser.models import stepfunctions_parser_backends
 
     def create_from_cloudformation_json(
         cls: type[StateMachine],
@@ -225,7 +351,7 @@ def _patch_state_machine_creation() -> None:
         account_id: str,
         region_name: str,
         **kwargs: Any,
-    ) -> StateMachine:
+    ) -> Any:
         properties = cloudformation_json["Properties"]
         definition = properties.get("DefinitionString", "")
         if not isinstance(definition, str):
@@ -236,12 +362,8 @@ def _patch_state_machine_creation() -> None:
             definition, properties.get("DefinitionSubstitutions") or {}
         )
         # Gap 2: moto's CloudFormation creates the machine in the plain Step Functions backend,
-        # while execute mode reads (and runs executions from) the parser backend.
-        backend: Any = stepfunctions_backends[account_id][region_name]
-        if default_user_config.get("stepfunctions", {}).get("execute_state_machine", False):
-            from moto.stepfunctions.parser.models import stepfunctions_parser_backends
-
-            backend = stepfunctions_parser_backends[account_id][region_name]
+        # while execute mode (MOTO_CONFIG) reads, and runs executions from, the parser backend.
+        backend: Any = stepfunctions_parser_backends[account_id][region_name]
         return backend.create_state_machine(
             properties.get("StateMachineName", resource_name),
             definition,
@@ -257,23 +379,27 @@ def _patch_state_machine_creation() -> None:
         account_id: str,
         region_name: str,
     ) -> None:
-        from moto.stepfunctions.parser.models import stepfunctions_parser_backends
-
         for backends in (stepfunctions_backends, stepfunctions_parser_backends):
             backend: Any = backends[account_id][region_name]
             for machine in list(backend.state_machines):
                 if resource_name in (machine.arn, machine.name):
                     backend.delete_state_machine(machine.arn)
 
-    StateMachine.create_from_cloudformation_json = classmethod(  # type: ignore[method-assign,assignment]
-        create_from_cloudformation_json
-    )
-    StateMachine.delete_from_cloudformation_json = classmethod(  # type: ignore[method-assign,assignment]
-        delete_from_cloudformation_json
-    )
+    return [
+        (
+            StateMachine,
+            "create_from_cloudformation_json",
+            classmethod(create_from_cloudformation_json),
+        ),
+        (
+            StateMachine,
+            "delete_from_cloudformation_json",
+            classmethod(delete_from_cloudformation_json),
+        ),
+    ]
 
 
-def _patch_rest_api_creation() -> None:
+def _rest_api_creation() -> list[Patch]:
     from moto.apigateway.models import RestAPI, apigateway_backends
 
     original = RestAPI.create_from_cloudformation_json.__func__  # type: ignore[attr-defined]
@@ -306,12 +432,12 @@ def _patch_rest_api_creation() -> None:
                 logger.warning("moto could not import the body of %s: %s", resource_name, error)
         return api
 
-    RestAPI.create_from_cloudformation_json = classmethod(  # type: ignore[method-assign,assignment]
-        create_from_cloudformation_json
-    )
+    return [
+        (RestAPI, "create_from_cloudformation_json", classmethod(create_from_cloudformation_json))
+    ]
 
 
-def _patch_lambda_invoke() -> None:
+def _lambda_invoke(aws: LocalAws) -> list[Patch]:
     from moto.awslambda_simple.models import LambdaSimpleBackend
 
     original = LambdaSimpleBackend.invoke
@@ -324,16 +450,16 @@ def _patch_lambda_invoke() -> None:
         headers: Any,
         response_headers: Any,
     ) -> str | bytes | None:
-        # Gap: without Docker, moto's Lambda echoes the request instead of running code. Our
-        # handlers run in this process instead; a handler's exception is reported the way Lambda
-        # does (the x-amz-function-error header and an {errorType, errorMessage} payload), so the
-        # state machine's Retry and Catch match the exception's class name.
-        name = function_name.rsplit(":function:", 1)[-1].split(":", 1)[0]
+        # Gap: without Docker, moto's Lambda echoes the request instead of running code. The
+        # functions registered with the door run our handlers instead; a handler's exception is
+        # reported the way Lambda does (the x-amz-function-error header and an {errorType,
+        # errorMessage} payload), so the state machine's Retry and Catch match the exception's
+        # class name.
         try:
             name = self.get_function(function_name, qualifier).function_name
         except Exception:  # unknown to moto: let moto answer as it would
             return original(self, function_name, qualifier, body, headers, response_headers)
-        dispatch = _dispatchers.get(name)
+        dispatch = aws._dispatchers.get(name)
         if dispatch is None:
             return original(self, function_name, qualifier, body, headers, response_headers)
         raw = body if isinstance(body, bytes) else (body or "").encode()
@@ -342,10 +468,10 @@ def _patch_lambda_invoke() -> None:
             response_headers["x-amz-function-error"] = function_error
         return payload
 
-    LambdaSimpleBackend.invoke = invoke  # type: ignore[method-assign]
+    return [(LambdaSimpleBackend, "invoke", invoke)]
 
 
-def _patch_rule_lambda_targets() -> None:
+def _rule_lambda_targets() -> list[Patch]:
     from moto.awslambda.utils import get_backend as lambda_backend
     from moto.core.utils import iso_8601_datetime_without_milliseconds, utcfromtimestamp
     from moto.events.models import Rule
@@ -357,7 +483,7 @@ def _patch_rule_lambda_targets() -> None:
         # Gap: moto's EventBridge delivers to SQS, logs and buses, but raises NotImplementedError
         # ("Expr not defined for Rule") for a Lambda target, which fails the state machine's
         # events:putEvents task. Lambda targets are invoked asynchronously (as EventBridge does)
-        # through moto's Lambda, i.e. our handler in-process; the other targets go to moto.
+        # through moto's Lambda, i.e. our handler; the other targets go to moto.
         if not self.event_pattern.matches_event(original_event):
             return
         lambda_targets = [t for t in self.targets if parse_arn(t["Arn"]).service == "lambda"]
@@ -381,7 +507,7 @@ def _patch_rule_lambda_targets() -> None:
                 daemon=True,
             ).start()
 
-    Rule.send_to_targets = send_to_targets  # type: ignore[method-assign]
+    return [(Rule, "send_to_targets", send_to_targets)]
 
 
 def _invoke_event_target(backend: Any, function_arn: str, payload: str) -> None:
@@ -391,7 +517,7 @@ def _invoke_event_target(backend: Any, function_arn: str, payload: str) -> None:
         logger.exception("EventBridge target %s failed", function_arn)
 
 
-def _patch_execution_history_paging() -> None:
+def _execution_history_paging() -> list[Patch]:
     from moto.core.responses import ActionResult
     from moto.stepfunctions.responses import StepFunctionResponse
 
@@ -413,10 +539,10 @@ def _patch_execution_history_paging() -> None:
             history["nextToken"] = str(start + page_size)
         return ActionResult(history)
 
-    StepFunctionResponse.get_execution_history = get_execution_history  # type: ignore[method-assign]
+    return [(StepFunctionResponse, "get_execution_history", get_execution_history)]
 
 
-def _patch_stop_during_callback() -> None:
+def _stop_during_callback() -> list[Patch]:
     from moto.stepfunctions.parser.api import ExecutionStatus
     from moto.stepfunctions.parser.asl.eval.callback.callback import CallbackConsumerTimeout
     from moto.stepfunctions.parser.backend.execution import (
@@ -460,11 +586,13 @@ def _patch_stop_during_callback() -> None:
             execution.cause = None
         _publish_status_change(execution)
 
-    Execution.stop = stop  # type: ignore[method-assign]
-    BaseExecutionWorkerCommunication._reflect_execution_status = reflect_execution_status  # type: ignore[method-assign]
+    return [
+        (Execution, "stop", stop),
+        (BaseExecutionWorkerCommunication, "_reflect_execution_status", reflect_execution_status),
+    ]
 
 
-def _patch_heartbeat_without_heartbeat_seconds() -> None:
+def _heartbeat_without_heartbeat_seconds() -> list[Patch]:
     from moto.stepfunctions.parser.asl.eval.callback.callback import CallbackEndpoint
 
     original = CallbackEndpoint.notify_heartbeat
@@ -477,15 +605,16 @@ def _patch_heartbeat_without_heartbeat_seconds() -> None:
             return True
         return bool(original(self))
 
-    CallbackEndpoint.notify_heartbeat = notify_heartbeat  # type: ignore[method-assign]
+    return [(CallbackEndpoint, "notify_heartbeat", notify_heartbeat)]
 
 
-def _cache_interpreter_setup() -> None:
+def _interpreter_caches() -> list[Patch]:
     """Gap (cost, not behaviour): moto's interpreter parses the ASL again for every execution
     (0.1-0.2 s of CPU each) and builds a new boto3 client for every task. With a hundred jobs at
-    once on a small machine that alone pushes requests past API Gateway's 29 s. Both are cached:
-    a parsed program keeps its per-execution state in each execution's environment, not in the
-    program, and boto3 clients are safe to share between threads once built."""
+    once on a small machine that alone pushes requests past API Gateway's 29 s. Both are cached
+    while the door is open: a parsed program keeps its per-execution state in each execution's
+    environment, not in the program, and boto3 clients are safe to share between threads once
+    built."""
     import sys
 
     # Importing the factory loads every service integration that calls boto_client_for.
@@ -504,8 +633,6 @@ def _cache_interpreter_setup() -> None:
                 parsed[definition] = original_parse(definition)
             return parsed[definition]
 
-    AmazonStateLanguageParser.parse = staticmethod(parse)  # type: ignore[method-assign]
-
     original_client_for = boto_client.boto_client_for
     clients: dict[tuple[Any, ...], Any] = {}
     client_lock = threading.Lock()
@@ -522,12 +649,14 @@ def _cache_interpreter_setup() -> None:
                 clients[key] = original_client_for(region, service)
             return clients[key]
 
+    patches: list[Patch] = [(AmazonStateLanguageParser, "parse", staticmethod(parse))]
     for module in list(sys.modules.values()):
         name = getattr(module, "__name__", "")
         if name.startswith("moto.stepfunctions.parser") and (
             getattr(module, "boto_client_for", None) is original_client_for
         ):
-            module.boto_client_for = boto_client_for  # type: ignore[attr-defined]
+            patches.append((module, "boto_client_for", boto_client_for))
+    return patches
 
 
 STATUS_CHANGE_DETAIL_TYPE = "Step Functions Execution Status Change"

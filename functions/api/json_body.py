@@ -21,12 +21,8 @@ import math
 import re
 from typing import Any, NoReturn
 
-from imagegen_common.api_errors import (
-    InvalidRequestError,
-    MalformedBodyError,
-    UnsupportedMediaTypeError,
-)
 from imagegen_common.models import FieldError
+from refusals import InvalidRequestError, MalformedBodyError, UnsupportedMediaTypeError
 
 MAX_JSON_DEPTH = 32
 """Deepest nesting of arrays and objects read; a request body needs 1."""

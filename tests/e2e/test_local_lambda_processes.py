@@ -1,8 +1,5 @@
-"""The local Lambda runtime: execution environments that serve one request at a time.
-
-The process runtime's environments are real child processes (`imagegen.local.lambda_bootstrap`)
-running small handlers written here; the in-process runtime's are module instances.
-"""
+"""The local Lambda runtime's execution environments: real child processes
+(`imagegen.local.lambda_bootstrap`) running small handlers written here, one request at a time."""
 
 from __future__ import annotations
 
@@ -14,14 +11,12 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from imagegen.local.lambda_runtime import (
     FunctionSpec,
     HandlerLoadError,
-    LambdaRuntime,
     ProcessLambdaRuntime,
 )
 
@@ -138,9 +133,6 @@ def wait_until_gone(pid: int, timeout_s: float = 10.0) -> None:
             return
         assert time.monotonic() < deadline, f"process {pid} is still running"
         time.sleep(0.02)
-
-
-# --- Child process environments ---------------------------------------------------------------
 
 
 def test_an_environment_is_a_process_with_the_function_environment_only(
@@ -338,43 +330,3 @@ def test_close_stops_every_environment(tmp_path: Path, log: LogLines) -> None:
         wait_until_gone(pid)
     with pytest.raises(RuntimeError, match="closed"):
         runtime.invoke(spec, {})
-
-
-# --- In-process environments (the in-process moto mock) ---------------------------------------
-
-
-IN_PROCESS_HANDLER = """\
-import os
-
-ACTIVE = 0
-MOST_ACTIVE = 0
-
-
-def lambda_handler(event, context):
-    global ACTIVE, MOST_ACTIVE
-    ACTIVE += 1
-    MOST_ACTIVE = max(MOST_ACTIVE, ACTIVE)
-    try:
-        event["barrier"].wait(timeout=20)  # every invocation at once, or a BrokenBarrierError
-        probe = os.environ.get("PROBE")
-        return {"instance": id(globals()), "most_active": MOST_ACTIVE, "probe": probe}
-    finally:
-        ACTIVE -= 1
-"""
-
-
-def test_in_process_environments_are_module_instances_serving_one_request_each(
-    tmp_path: Path,
-) -> None:
-    runtime = LambdaRuntime()
-    spec = make_spec(tmp_path, IN_PROCESS_HANDLER, PROBE="inside")
-    barrier = threading.Barrier(4)
-
-    with ThreadPoolExecutor(4) as pool:
-        futures = [pool.submit(runtime.invoke, spec, {"barrier": barrier}) for _ in range(4)]
-        results: list[dict[str, Any]] = [future.result(timeout=30) for future in futures]
-
-    assert len({result["instance"] for result in results}) == 4
-    assert all(result["most_active"] == 1 for result in results)
-    assert all(result["probe"] == "inside" for result in results)
-    assert "PROBE" not in os.environ

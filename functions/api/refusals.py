@@ -1,9 +1,10 @@
 """What the API refuses a request with: typed errors that carry their HTTP status and ErrorCode.
 
-Raise one of these anywhere below a route; the API maps every one to a response in one place, as
+Raise one of these anywhere below a route; ``app`` maps every one to a response in one place, as
 ``{"error": {"code", "message", "fields"?}}`` (:class:`~imagegen_common.models.ErrorResponse`).
-Job failures (``imagegen_common.errors``) are another matter: they end a workflow, and their codes
-are what ``GET /generate/{id}`` and failure events report.
+They derive from the layer's ``ImageGenError``, so there is one hierarchy; job failures
+(``imagegen_common.errors``) are another matter: they end a workflow, and their codes are what
+``GET /generate/{id}`` and failure events report.
 """
 
 from __future__ import annotations

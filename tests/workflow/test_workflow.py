@@ -19,15 +19,12 @@ from typing import Any
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from imagegen.local.deploy import DeployedStack, deploy_stack
 from imagegen.local.fake_bedrock import FakeBedrock
-from imagegen.local.moto_workarounds import MOTO_CONFIG
+from imagegen.local.moto_aws import LocalAws
 from imagegen_common.models import GenerationResult, GpuJobMessage, ImageOutcome
 from tests.conftest import REPO_ROOT, load_event
-
-pytestmark = pytest.mark.workflow
 
 TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
 GPU_PNG_SIZE = (512, 512)
@@ -62,6 +59,8 @@ class Workflow:
     bedrock: FakeBedrock
     api: Callable[[dict[str, Any]], dict[str, Any]]
     worker_threads: list[threading.Thread] = field(default_factory=list)
+    closing: threading.Event = field(default_factory=threading.Event)
+    """Set when the test ends: the stand-in GPU workers stop before moto closes."""
 
     @property
     def sfn(self) -> Any:
@@ -149,7 +148,7 @@ class Workflow:
             queue_url = self.stack.queues["GpuJobQueue"]
             done = 0
             deadline = time.monotonic() + 60
-            while done < jobs and time.monotonic() < deadline:
+            while done < jobs and not self.closing.is_set() and time.monotonic() < deadline:
                 answer = sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=1)
                 for message in answer.get("Messages", []):
                     job_message = GpuJobMessage.model_validate_json(message["Body"])
@@ -195,8 +194,10 @@ class Workflow:
 
 
 @pytest.fixture
-def workflow_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., Workflow]]:
-    with mock_aws(config=MOTO_CONFIG), FakeBedrock() as bedrock:
+def workflow_factory(
+    aws: LocalAws, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Callable[..., Workflow]]:
+    with FakeBedrock() as bedrock:
         monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", bedrock.endpoint_url)
         created: list[Workflow] = []
 
@@ -212,8 +213,10 @@ def workflow_factory(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., 
 
         yield create
         for workflow in created:
+            workflow.closing.set()
             for thread in workflow.worker_threads:
                 thread.join(timeout=5)
+                assert not thread.is_alive(), "a stand-in GPU worker did not stop"
 
 
 @pytest.fixture

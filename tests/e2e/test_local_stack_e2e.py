@@ -27,8 +27,6 @@ from imagegen.local.moto_server import free_port
 from imagegen.local.stack import LocalStack, LocalStackOptions
 from imagegen_common.png import png_size
 
-pytestmark = pytest.mark.e2e
-
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY = "imagegen local stack ready"
 STARTUP_TIMEOUT_S = 240.0

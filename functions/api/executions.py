@@ -17,7 +17,6 @@ from typing import Any, Final, Literal
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field
 
-from imagegen_common.api_errors import ApiRefusal
 from imagegen_common.models import (
     ErrorCode,
     ErrorInfo,
@@ -28,6 +27,7 @@ from imagegen_common.models import (
     JobStatus,
 )
 from imagegen_common.presign import presign_get
+from refusals import ApiRefusal
 
 _EXECUTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
 

@@ -13,15 +13,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.integration.local_stack_harness import (
+from tests.e2e.local_stack_harness import (
     FAST_REDELIVERY,
     Harness,
     gpu_backlog,
     local_stack,
     until,
 )
-
-pytestmark = pytest.mark.e2e
 
 
 @pytest.fixture

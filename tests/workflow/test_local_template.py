@@ -8,10 +8,8 @@ from pathlib import Path
 
 import boto3
 import pytest
-from moto import mock_aws
 
 from imagegen.local.deploy import deploy_stack, load_sam_template
-from imagegen.local.moto_workarounds import MOTO_CONFIG
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO_ROOT / "template.yaml"
@@ -22,6 +20,7 @@ def sam() -> dict:
     return load_sam_template(TEMPLATE)
 
 
+@pytest.mark.usefixtures("aws")
 def test_real_template_deploys_with_every_function_bucket_queue_bus_and_machine(sam: dict) -> None:
     declared = {
         kind: {k for k, r in sam["Resources"].items() if r["Type"] == kind and "Condition" not in r}
@@ -33,11 +32,10 @@ def test_real_template_deploys_with_every_function_bucket_queue_bus_and_machine(
             "AWS::Serverless::StateMachine",
         )
     }
-    with mock_aws(config=MOTO_CONFIG):
-        stack = deploy_stack(TEMPLATE)
-        definition = boto3.client("stepfunctions").describe_state_machine(
-            stateMachineArn=stack.only("state_machines")
-        )["definition"]
+    stack = deploy_stack(TEMPLATE)
+    definition = boto3.client("stepfunctions").describe_state_machine(
+        stateMachineArn=stack.only("state_machines")
+    )["definition"]
 
     assert set(stack.functions) == declared["AWS::Serverless::Function"]
     assert set(stack.buckets) == declared["AWS::S3::Bucket"]
@@ -68,11 +66,11 @@ def test_real_template_deploys_with_every_function_bucket_queue_bus_and_machine(
     assert json.loads(definition)["StartAt"]
 
 
+@pytest.mark.usefixtures("aws")
 def test_parameter_overrides_reach_function_environments() -> None:
-    with mock_aws(config=MOTO_CONFIG):
-        stack = deploy_stack(
-            TEMPLATE, parameters={"BlockedPromptTerms": "one,two", "PresignedUrlTtlSeconds": "60"}
-        )
+    stack = deploy_stack(
+        TEMPLATE, parameters={"BlockedPromptTerms": "one,two", "PresignedUrlTtlSeconds": "60"}
+    )
     validate = stack.functions["ValidatePromptFunction"].environment
     assert validate["BLOCKED_PROMPT_TERMS"] == "one,two"
     assert validate["PRESIGNED_URL_TTL_SECONDS"] == "60"
