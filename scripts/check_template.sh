@@ -12,29 +12,8 @@ export SAM_CLI_TELEMETRY=0
 export AWS_DEFAULT_REGION="${AWS_DEFAULT_REGION:-us-east-1}"
 BASE_PYTHON="${BASE_PYTHON:-python3}"
 
-step() {  # step NAME CMD...: print, run and time one command
-  local name="$1"; shift
-  echo "==> ${name}: $*"
-  local start=$SECONDS
-  "$@"
-  echo "<== ${name}: ok in $((SECONDS - start)) s"
-}
-
-ensure_venv() {  # ensure_venv DIR REQUIREMENTS: (re)install only when the pins changed
-  local dir="$1" requirements="$2"
-  local stamp="${dir}/.requirements.sha256"
-  local want
-  want="$(sha256sum "$requirements" | cut -d' ' -f1)"
-  if [[ -x "${dir}/bin/python" && -f "$stamp" && "$(cat "$stamp")" == "$want" ]]; then
-    echo "==> ${dir} is up to date with ${requirements}"
-    return
-  fi
-  echo "==> installing ${requirements} into ${dir}"
-  [[ -x "${dir}/bin/python" ]] || "$BASE_PYTHON" -m venv "$dir"
-  "${dir}/bin/python" -m pip install --quiet --disable-pip-version-check -r "$requirements" \
-    > "${dir}/pip-install.log" 2>&1 || { cat "${dir}/pip-install.log"; exit 1; }
-  echo "$want" > "$stamp"
-}
+# shellcheck source=scripts/tool_venv.sh
+source "${REPO_ROOT}/scripts/tool_venv.sh"
 
 find_python313() {  # sam build's python3.13 workflow needs that interpreter on PATH
   # A pyenv shim is on PATH even where 3.13 is not the selected version: check that it runs.
