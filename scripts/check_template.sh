@@ -55,8 +55,9 @@ total_start=$SECONDS
 ensure_venv .venv-sam requirements/sam.txt
 ensure_venv .venv-checkov requirements/checkov.txt
 
-# The main template and its nested application (the optional ECS GPU worker).
-step "cfn-lint" .venv-sam/bin/cfn-lint template.yaml gpu_service/ecs/template.yaml
+# The main template and its nested applications (the optional ECS GPU worker, the schema registry).
+step "cfn-lint" .venv-sam/bin/cfn-lint template.yaml gpu_service/ecs/template.yaml \
+  events/schemas/registry.yaml
 step "sam validate --lint" .venv-sam/bin/sam validate --lint --template-file template.yaml
 step "checkov" .venv-checkov/bin/checkov -f template.yaml -f gpu_service/ecs/template.yaml \
   --framework cloudformation \

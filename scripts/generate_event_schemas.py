@@ -1,6 +1,6 @@
-"""Generate the result events' JSON Schemas from the domain model; keep the template in step.
+"""Generate the result events' JSON Schemas from the domain model; keep their registry in step.
 
-    python scripts/generate_event_schemas.py          # write events/schemas/*.json, template.yaml
+    python scripts/generate_event_schemas.py          # write events/schemas/*.json, registry.yaml
     python scripts/generate_event_schemas.py --check  # exit 1 if either is out of date
 
 Each schema describes the whole EventBridge event (the envelope with ``detail-type``, ``source``,
@@ -8,7 +8,8 @@ Each schema describes the whole EventBridge event (the envelope with ``detail-ty
 draft 4 (the registry's ``JSONSchemaDraft4`` type): pydantic writes draft 2020-12, so ``$defs``
 become ``definitions`` and ``const`` becomes a one-value ``enum``.
 
-The template's ``AWS::EventSchemas::Schema`` resources carry the same JSON in ``Content``; each
+The schema registry's template (``events/schemas/registry.yaml``, a nested application of
+template.yaml) carries the same JSON in its ``AWS::EventSchemas::Schema`` resources; each
 ``Content:`` line follows a ``# generated from events/schemas/<name>.json`` comment, and this script
 rewrites that line.
 """
@@ -28,7 +29,7 @@ from imagegen_common.models import RESULT_EVENT_DETAILS
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS_DIR = REPO_ROOT / "events" / "schemas"
-TEMPLATE = REPO_ROOT / "template.yaml"
+TEMPLATE = REPO_ROOT / "events" / "schemas" / "registry.yaml"
 
 EVENTS: dict[str, tuple[str, type[BaseModel]]] = {
     detail_type.lower().replace(" ", "_"): (detail_type, model)
@@ -122,7 +123,7 @@ def render_template(template_text: str) -> str:
     def replace(match: re.Match[str]) -> str:
         name = match["name"]
         if name not in EVENTS:
-            raise SystemExit(f"template.yaml names an unknown schema: {name}.json")
+            raise SystemExit(f"{TEMPLATE.name} names an unknown schema: {name}.json")
         found.add(name)
         detail_type, model = EVENTS[name]
         schema = event_schema(detail_type, model)
@@ -132,7 +133,7 @@ def render_template(template_text: str) -> str:
     rendered = _CONTENT_LINE.sub(replace, template_text)
     missing = set(EVENTS) - found
     if missing:
-        raise SystemExit(f"template.yaml has no generated Content for: {sorted(missing)}")
+        raise SystemExit(f"{TEMPLATE.name} has no generated Content for: {sorted(missing)}")
     return rendered
 
 

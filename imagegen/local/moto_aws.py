@@ -231,7 +231,25 @@ def adjust_template(template: dict[str, Any]) -> dict[str, Any]:
     # Gap: moto's CloudFormation skips resource types it does not model (the schema registry,
     # QueuePolicy, ApiGateway::Stage...) but crashes validating an Output that reads one
     # ("'NoneType' object has no attribute 'has_cfn_attr'"). Such outputs are left out.
-    unmodelled = _unmodelled_resources(adjusted)
+    # Gap: `sam package` uploads a nested application's local template and points the stack at
+    # it; moto's CloudFormation would fetch that TemplateURL from S3 and cannot create the nested
+    # stack from a local path. Ours hold only what moto does not model either (the schema
+    # registry; the optional ECS GPU service), so those nested stacks are left out, with their
+    # outputs (below).
+    nested_local = {
+        logical_id
+        for logical_id, resource in adjusted["Resources"].items()
+        if resource.get("Type") == "AWS::CloudFormation::Stack"
+        and not str((resource.get("Properties") or {}).get("TemplateURL", "")).startswith(
+            ("https://", "s3://")
+        )
+    }
+    for logical_id in sorted(nested_local):
+        logger.info(
+            "nested stack %s left out: moto cannot create it from a local template", logical_id
+        )
+        del adjusted["Resources"][logical_id]
+    unmodelled = _unmodelled_resources(adjusted) | nested_local
     for name, output in list(outputs.items()):
         missing = _references(output.get("Value")) & unmodelled
         if missing:

@@ -171,6 +171,31 @@ def test_event_bus_refs_become_getatt_name_and_rest_api_gets_a_name() -> None:
     assert template["Resources"]["Rule"]["Properties"]["EventBusName"] == {"Ref": "Bus"}
 
 
+def test_nested_stacks_from_local_templates_are_left_out_with_their_outputs() -> None:
+    template = {
+        "Resources": {
+            "Schemas": {
+                "Type": "AWS::CloudFormation::Stack",
+                "Properties": {"TemplateURL": "events/schemas/registry.yaml"},
+            },
+            "Packaged": {
+                "Type": "AWS::CloudFormation::Stack",
+                "Properties": {"TemplateURL": "https://s3.amazonaws.com/b/nested.yaml"},
+            },
+        },
+        "Outputs": {
+            "RegistryName": {"Value": {"Fn::GetAtt": ["Schemas", "Outputs.RegistryName"]}},
+            "Other": {"Value": {"Fn::GetAtt": ["Packaged", "Outputs.X"]}},
+        },
+    }
+
+    adjusted = adjust_template(template)
+
+    assert set(adjusted["Resources"]) == {"Packaged"}
+    assert "RegistryName" not in adjusted["Outputs"]
+    assert "Other" in adjusted["Outputs"]
+
+
 def test_substitute_definition_replaces_only_the_given_keys() -> None:
     assert (
         substitute_definition('{"a": "${A}", "b": "${B}"}', {"A": "x"}) == '{"a": "x", "b": "${B}"}'
