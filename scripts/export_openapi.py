@@ -6,11 +6,11 @@ is stale.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
-import sys
 from pathlib import Path
+
+from imagegen.local.function_import import import_function_module
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,12 +26,7 @@ PLACEHOLDER_ENVIRONMENT = {
 def main() -> None:
     for name, value in PLACEHOLDER_ENVIRONMENT.items():
         os.environ.setdefault(name, value)
-    api_folder = REPO_ROOT / "functions" / "api"
-    sys.path.insert(0, str(api_folder))  # as in Lambda: app.py imports its own modules from there
-    spec = importlib.util.spec_from_file_location("api_app", api_folder / "app.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = import_function_module(REPO_ROOT / "functions" / "api" / "app.py", "api_app")
     document = json.loads(module.openapi_document())
     target = REPO_ROOT / "docs" / "openapi.json"
     target.write_text(json.dumps(document, indent=2) + "\n")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,31 +97,7 @@ def import_function(directory: str, module: str = "app") -> Any:
     modules (``from executions import ...``) afresh too; they leave ``sys.modules`` afterwards,
     so that two functions' modules of the same name never meet.
     """
-    import importlib.util
+    from imagegen.local.function_import import import_function_module
 
-    folder = REPO_ROOT / "functions" / directory
-    siblings = {
-        path.stem if path.suffix == ".py" else path.name
-        for path in folder.iterdir()
-        if path.suffix == ".py" or (path / "__init__.py").is_file()
-    }
-
-    def sibling_entries() -> list[str]:
-        return [name for name in sys.modules if name.split(".", 1)[0] in siblings]
-
-    spec = importlib.util.spec_from_file_location(
-        f"function_{directory}_{module}", folder / f"{module}.py"
-    )
-    assert spec and spec.loader
-    loaded = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = loaded  # pydantic resolves the module's annotations through it
-    shadowed = {name: sys.modules.pop(name) for name in sibling_entries()}
-    sys.path.insert(0, str(folder))
-    try:
-        spec.loader.exec_module(loaded)
-    finally:
-        sys.path.remove(str(folder))
-        for name in sibling_entries():
-            del sys.modules[name]
-        sys.modules.update(shadowed)
-    return loaded
+    path = REPO_ROOT / "functions" / directory / f"{module}.py"
+    return import_function_module(path, f"function_{directory}_{module}")

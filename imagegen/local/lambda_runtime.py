@@ -26,7 +26,6 @@ Lambda service answers ``Invoke``.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import json
 import logging
 import os
@@ -44,6 +43,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import IO, Any, Protocol
 
+from imagegen.local.function_import import import_function_module
 from imagegen.local.lambda_bootstrap import (
     IMPORT_ERROR,
     MARSHAL_ERROR,
@@ -520,45 +520,12 @@ class _InProcessEnvironment:
             raise HandlerLoadError(f"{spec.logical_id}: handler module {path} does not exist")
         safe_id = re.sub(r"\W", "_", spec.logical_id)
         module_name = f"_imagegen_local_{safe_id}_{uuid.uuid4().hex[:8]}"
-        module_spec = importlib.util.spec_from_file_location(module_name, path)
-        if module_spec is None or module_spec.loader is None:
-            raise HandlerLoadError(f"{spec.logical_id}: cannot load {path}")
-        module = importlib.util.module_from_spec(module_spec)
-        # Registered as Lambda's runtime registers a handler module, so that what resolves names
-        # through sys.modules (pydantic's postponed annotations) finds it. The layer's modules are
-        # shared by the environments of this process: they keep no per-function state (clients
-        # and settings live in the handler modules, one copy per cold start).
-        sys.modules[module_name] = module
-        # The handler's sibling modules (``from executions import ...``) are found as in Lambda,
-        # through the code folder first on sys.path. They are per function, while sys.modules is
-        # per process: each import gets fresh ones, which then leave sys.modules (the handler
-        # module keeps what it imported), so another function's module of the same name is
-        # never seen. A sibling must therefore be imported at the handler's import, as ours are.
-        code_dir = str(spec.code_dir)
-        siblings = {
-            entry.stem if entry.suffix == ".py" else entry.name
-            for entry in spec.code_dir.iterdir()
-            if entry.suffix == ".py" or (entry / "__init__.py").is_file()
-        }
-
-        def sibling_entries() -> list[str]:
-            return [name for name in sys.modules if name.split(".", 1)[0] in siblings]
-
-        shadowed = {name: sys.modules.pop(name) for name in sibling_entries()}
-        sys.path.insert(0, code_dir)
         try:
-            module_spec.loader.exec_module(module)
+            return import_function_module(path, module_name)
         except Exception as error:
-            del sys.modules[module_name]
             raise HandlerLoadError(
                 f"{spec.logical_id}: importing {path} failed: {type(error).__name__}: {error}"
             ) from error
-        finally:
-            sys.path.remove(code_dir)
-            for name in sibling_entries():
-                del sys.modules[name]
-            sys.modules.update(shadowed)
-        return module
 
     def invoke(self, event: Any, request_id: str) -> Any:
         context = LambdaContext(
