@@ -94,6 +94,13 @@ class Settings(BaseSettings):
     liveness_file: str | None = Field(
         default=None, description="A file the worker touches after each poll (liveness probe)."
     )
+    gpu_price_per_hour_usd: float = Field(
+        default=1.006,
+        ge=0,
+        description="What an hour of this GPU costs, for the images' costs (measured seconds x "
+        "this / 3600 / images in the call). Default: an on-demand g5.xlarge in us-east-1, "
+        "imagegen_common.pricing.GPU_INSTANCE_PRICE (a test holds the two equal).",
+    )
 
     @model_validator(mode="after")
     def _extension_well_within_visibility(self) -> Settings:

@@ -43,7 +43,7 @@ import logging
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,7 @@ from gpu_service.cli import settings_from_command_line
 from gpu_service.engine import Engine, ImageSpec, load_ready_engine, plan_batches
 from gpu_service.settings import Settings
 from imagegen_common.models import (
+    Cost,
     ErrorCode,
     GenerationResult,
     GpuJobMessage,
@@ -194,8 +195,23 @@ class _Item:
     spec: ImageSpec
 
 
+def gpu_image_cost(seconds: float, price_per_hour_usd: float, images_in_call: int) -> Cost:
+    """One image's share of a pipeline call: the call's measured seconds at the GPU's hourly
+    price, split evenly among the images the call made (they share the batch)."""
+    usd = seconds * price_per_hour_usd / 3600 / images_in_call
+    return Cost(
+        usd=round(usd, 8),
+        basis=f"GPU {seconds:.3f} s x ${price_per_hour_usd:g}/GPU-hour / {images_in_call} "
+        "images in the call",
+    )
+
+
 class Worker:
-    """Consumes the GPU job queue with one engine. ``run(stop)`` until ``stop`` is set."""
+    """Consumes the GPU job queue with one engine. ``run(stop)`` until ``stop`` is set.
+
+    ``clock`` times the pipeline calls whose seconds the images' costs come from (tests give a
+    fake one).
+    """
 
     def __init__(
         self,
@@ -205,12 +221,14 @@ class Worker:
         sqs: Any | None = None,
         s3: Any | None = None,
         stepfunctions: Any | None = None,
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
         if not settings.gpu_queue_url:
             raise ValueError("GPU_QUEUE_URL must be set for the worker")
         self.settings = settings
         self.queue_url: str = settings.gpu_queue_url
         self.engine = engine
+        self._clock = clock
         config = Config(retries={"mode": "standard", "max_attempts": 5})
         self._sqs = sqs or boto3.client("sqs", config=config)
         self._s3 = s3 or boto3.client("s3", config=config)
@@ -447,18 +465,21 @@ class Worker:
             return
         for item in live:
             item.job.started = True
-        for item, png in self._generate(live):
-            self._store(item, png)
+        for item, png, cost in self._generate(live):
+            self._store(item, png, cost)
 
-    def _generate(self, items: list[_Item]) -> list[tuple[_Item, bytes]]:
-        """One pipeline call for ``items``. If it fails and several jobs share it, each job is
-        tried alone, so one job that breaks the pipeline does not fail the others."""
+    def _generate(self, items: list[_Item]) -> list[tuple[_Item, bytes, Cost]]:
+        """One pipeline call for ``items``, each image with its share of the call's measured
+        seconds. If it fails and several jobs share it, each job is tried alone, so one job
+        that breaks the pipeline does not fail the others (the failed call is charged to none)."""
         try:
-            started = time.perf_counter()
+            started = self._clock()
             pngs = self.engine.generate([i.spec for i in items])
+            seconds = self._clock() - started
             # The local stack reads this line for its engine-versus-orchestration figures.
-            logger.info("engine: %d images in %.3f s", len(items), time.perf_counter() - started)
-            return list(zip(items, pngs, strict=True))
+            logger.info("engine: %d images in %.3f s", len(items), seconds)
+            cost = gpu_image_cost(seconds, self.settings.gpu_price_per_hour_usd, len(items))
+            return [(item, png, cost) for item, png in zip(items, pngs, strict=True)]
         except Exception as error:
             jobs = {id(item.job): item.job for item in items}
             if len(jobs) > 1:
@@ -477,7 +498,7 @@ class Worker:
             job.failure = (ErrorCode.MODEL_ERROR, f"{type(error).__name__}: {error}")
             return []
 
-    def _store(self, item: _Item, png: bytes) -> None:
+    def _store(self, item: _Item, png: bytes, cost: Cost) -> None:
         job = item.job
         try:
             self._s3.put_object(
@@ -498,6 +519,7 @@ class Worker:
             s3_key=item.slot.s3_key,
             width=item.spec.width,
             height=item.spec.height,
+            cost=cost,
         )
 
     @staticmethod

@@ -26,7 +26,14 @@ from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError, ClientError
 
-from executions import JobCancellation, cancel_job, job_status, new_job_id, start_job
+from executions import (
+    JobCancellation,
+    cancel_job,
+    execution_status,
+    job_status,
+    new_job_id,
+    start_job,
+)
 from gpu_backlog import GpuBacklogFullError, check_gpu_backlog
 from imagegen_common.aws import client
 from imagegen_common.errors import InvalidPromptError
@@ -44,6 +51,7 @@ from imagegen_common.models import (
 )
 from imagegen_common.settings import ApiSettings
 from json_body import read_json_object
+from prefer import MAX_WAIT_SECONDS, granted_wait, requested_wait, wait_for_end
 from refusals import ApiRefusal, InvalidRequestError, refusal_for_aws_error
 
 if TYPE_CHECKING:
@@ -102,6 +110,15 @@ IdempotencyKey = Annotated[
         alias="idempotency-key",
         max_length=255,
         description="Retries with the same key return the same execution.",
+    ),
+]
+Prefer = Annotated[
+    str | None,
+    Header(
+        alias="prefer",
+        description=f"RFC 7240 preferences. `wait=N`: hold the answer up to N seconds (at most "
+        f"{MAX_WAIT_SECONDS}) for the job to end, then answer 200 with the finished job, or 202 "
+        "if it is still running. Other preferences, and a malformed wait, are ignored.",
     ),
 ]
 
@@ -206,14 +223,19 @@ _GATEWAY_ERRORS: dict[int, str] = {
 }
 
 
-def declared_responses(success: dict[int, str], errors: dict[int, str]) -> dict[int, Any]:
+def declared_responses(
+    success: "dict[int, str | OpenAPIResponse]", errors: dict[int, str]
+) -> dict[int, Any]:
     """OpenAPI responses of a route: its success bodies and each error, all as ErrorResponse.
+
+    A success given as a description gets the route's return model as its body.
 
     Besides the route's own errors, every route may get API Gateway's (403, 413, 429, 504),
     which the template's gateway responses render in the same shape, and 500 for a bug.
     """
     responses: dict[int, OpenAPIResponse] = {
-        status: {"description": description} for status, description in success.items()
+        status: {"description": response} if isinstance(response, str) else response
+        for status, response in success.items()
     }
     all_errors = {
         **_GATEWAY_ERRORS,
@@ -268,13 +290,40 @@ def check_backend_capacity(backend: Backend) -> None:
         raise
 
 
+_PREFER_WAIT_HEADERS: dict[str, Any] = {
+    "Preference-Applied": {
+        "description": "`wait=N` when the server waited for the job's end: N is the wait "
+        "granted, the one asked for clamped to 25 s and to the function's time left.",
+        "schema": {"type": "string", "pattern": "^wait=[0-9]+$"},
+    },
+    "Vary": {
+        "description": "`Prefer`: the answer depends on the wait preference.",
+        "schema": {"type": "string"},
+    },
+}
+
+
 @app.post(
     "/generate",
     summary="Submit a text-to-image job",
     description="The body must be a JSON object, sent as application/json, any */*+json type "
     "or without Content-Type; nested at most 32 deep, no number longer than 50 characters.",
     responses=declared_responses(
-        {202: "Accepted: the workflow has started (or, for a repeated Idempotency-Key, had)."},
+        {
+            200: {
+                "description": "With `Prefer: wait=N`: the job ended within the wait. The body "
+                "is what GET /generate/{execution_id} answers: its status, signed image URLs or "
+                "error.",
+                "headers": _PREFER_WAIT_HEADERS,
+                "content": {content_types.APPLICATION_JSON: {"model": JobStatus}},
+            },
+            202: {
+                "description": "Accepted: the workflow has started (or, for a repeated "
+                "Idempotency-Key, had); with `Prefer: wait=N`, it had not ended within the wait.",
+                "headers": _PREFER_WAIT_HEADERS,
+                "content": {content_types.APPLICATION_JSON: {"model": GenerateAccepted}},
+            },
+        },
         {
             400: "The body is not readable JSON: rule json_invalid, json_depth or json_number.",
             409: "The Idempotency-Key was already used with a different request.",
@@ -287,8 +336,8 @@ def check_backend_capacity(backend: Backend) -> None:
 )
 @tracer.capture_method
 def submit_generation(
-    request: GenerateRequest, idempotency_key: IdempotencyKey = None
-) -> Response[GenerateAccepted]:
+    request: GenerateRequest, idempotency_key: IdempotencyKey = None, prefer: Prefer = None
+) -> Response[GenerateAccepted | JobStatus]:
     backend, *_ = resolve_request(request, settings)  # 422 now rather than a failed execution
     check_backend_capacity(backend)
     owner = caller_identity()
@@ -301,12 +350,57 @@ def submit_generation(
     logger.append_keys(execution_id=job.job_id)
     start_job(sfn(), settings.state_machine_arn, job)
     metrics.add_metric(name="JobsSubmitted", unit=MetricUnit.Count, value=1)
+    headers = {"Vary": "Prefer"}
+    wait_seconds = granted_wait(requested_wait(prefer), remaining_time_ms())
+    if wait_seconds is not None:
+        headers["Preference-Applied"] = f"wait={wait_seconds}"
+        finished = finished_job(job, wait_seconds)
+        if finished is not None:
+            return Response(
+                status_code=HTTPStatus.OK,
+                content_type=content_types.APPLICATION_JSON,
+                body=finished,
+                headers=headers,
+            )
     accepted = GenerateAccepted(execution_id=job.job_id, status_url=status_url(job.job_id))
     return Response(
         status_code=HTTPStatus.ACCEPTED,
         content_type=content_types.APPLICATION_JSON,
         body=accepted,
+        headers=headers,
     )
+
+
+def remaining_time_ms() -> int | None:
+    context = app.lambda_context
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    return int(remaining()) if remaining is not None else None
+
+
+def finished_job(job: Job, wait_seconds: int) -> JobStatus | None:
+    """The job's status once it has ended within ``wait_seconds``; None if it has not.
+
+    The job is accepted by now: an AWS error while waiting or reading it gives None (a 202),
+    never a 5xx.
+    """
+
+    def read_status() -> str:
+        return execution_status(sfn(), settings.state_machine_arn, job.job_id)
+
+    if not wait_for_end(read_status, wait_seconds):
+        return None
+    try:
+        return job_status(
+            sfn(),
+            s3(),
+            settings.state_machine_arn,
+            job.job_id,
+            job.owner,
+            settings.presigned_url_ttl_seconds,
+        )
+    except (ClientError, BotoCoreError) as error:
+        logger.warning("the ended job could not be read; answering 202", error=str(error))
+        return None
 
 
 @app.get(

@@ -17,6 +17,7 @@ from typing import Any, Final, Literal
 from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field
 
+from imagegen_common.failures import NOTHING_SPENT
 from imagegen_common.models import (
     ErrorCode,
     ErrorInfo,
@@ -159,11 +160,20 @@ def job_status(
                 )
             )
         result.failed_images = detail.failed_images
+        result.cost = detail.cost
     elif status is ExecutionStatus.FAILED:
         result.error = _failure_of(execution)
+        result.cost = NOTHING_SPENT  # a job fails only when none of its images was made
     elif status is ExecutionStatus.TIMED_OUT:
         result.error = ErrorInfo(code=ErrorCode.TIMEOUT, message="the workflow timed out")
+        result.cost = NOTHING_SPENT
     return result
+
+
+def execution_status(sfn: Any, state_machine_arn: str, execution_id: str) -> str:
+    """Step Functions' status of the job, as it reads it (one DescribeExecution, no ownership
+    check: for the caller that has just started or found the job)."""
+    return str(_describe(sfn, state_machine_arn, execution_id)["status"])
 
 
 def cancel_job(sfn: Any, state_machine_arn: str, execution_id: str, owner: str) -> JobCancellation:

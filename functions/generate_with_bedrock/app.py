@@ -33,7 +33,9 @@ class GenerateImageInput(BaseModel):
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any]:
     task = GenerateImageInput.model_validate(event)
     logger.append_keys(execution_id=task.job.job_id, image_index=task.image.index)
-    outcome = generate_image_with_bedrock(task.job, task.image, bedrock_runtime, s3)
+    outcome = generate_image_with_bedrock(
+        task.job, task.image, bedrock_runtime, s3, settings.bedrock_prices_usd
+    )
     metric = "ImagesGenerated" if outcome.succeeded else "ImagesRejected"
     metrics.add_metric(name=metric, unit=MetricUnit.Count, value=1)
     return outcome.model_dump(mode="json")

@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from imagegen_common.bedrock import generate_with_bedrock
 from imagegen_common.errors import ContentFilteredError, ModelError
 from imagegen_common.models import ImageOutcome, ImageSlot, Job
+from imagegen_common.pricing import bedrock_image_cost, unbilled_image_cost
 
 
 def generate_image_with_bedrock(
-    job: Job, slot: ImageSlot, bedrock_runtime: Any, s3_client: Any
+    job: Job,
+    slot: ImageSlot,
+    bedrock_runtime: Any,
+    s3_client: Any,
+    price_overrides: Mapping[str, float] | None = None,
 ) -> ImageOutcome:
     """Generate ``slot`` of ``job`` and store the PNG at ``s3://job.bucket/slot.s3_key``.
+
+    The outcome carries the image's cost: the model's price per image (``price_overrides``
+    first, then ``imagegen_common.pricing``'s table) when Bedrock made it, 0 when it did not.
 
     A filtered or failed image becomes an outcome with its error code, so one bad image does not
     sink the others. Throttling, transient and availability errors propagate: the workflow
@@ -31,7 +40,13 @@ def generate_image_with_bedrock(
             slot.seed,
         )
     except (ContentFilteredError, ModelError) as error:
-        return ImageOutcome(index=slot.index, seed=slot.seed, error=error.info())
+        info = error.info()
+        return ImageOutcome(
+            index=slot.index,
+            seed=slot.seed,
+            error=info,
+            cost=unbilled_image_cost(info.code.value),
+        )
     s3_client.put_object(
         Bucket=job.bucket, Key=slot.s3_key, Body=image.png, ContentType="image/png"
     )
@@ -42,4 +57,5 @@ def generate_image_with_bedrock(
         s3_key=slot.s3_key,
         width=image.width,
         height=image.height,
+        cost=bedrock_image_cost(job.model_id, price_overrides),
     )

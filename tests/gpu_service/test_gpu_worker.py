@@ -298,3 +298,64 @@ def test_run_consumes_until_stopped(aws: Aws, worker_for: Callable[..., Worker])
 def test_the_worker_needs_a_queue(make_settings: Callable[..., Settings], engine: Engine) -> None:
     with pytest.raises(ValueError, match="GPU_QUEUE_URL"):
         Worker(make_settings(gpu_queue_url=None), engine)
+
+
+class _Clock:
+    """A perf_counter stand-in that moves only when the engine says a call took time."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class TimedEngine(RecordingEngine):
+    """Makes real (tiny) images; each pipeline call takes ``seconds`` on ``clock``."""
+
+    def __init__(self, inner: Engine, clock: _Clock, seconds: float) -> None:
+        super().__init__(inner)
+        self.clock = clock
+        self.seconds = seconds
+
+    def generate(self, specs: Sequence[ImageSpec]) -> list[bytes]:
+        pngs = super().generate(specs)
+        self.clock.now += self.seconds
+        return pngs
+
+
+def test_each_image_costs_its_share_of_the_measured_call(
+    aws: Aws, make_settings: Callable[..., Settings], engine: Engine
+) -> None:
+    jobs = [_job(images=3), _job(images=1)]
+    executions = [aws.start(job) for job in jobs]
+    aws.wait_for_message(count=2)
+    clock = _Clock()
+    timed = TimedEngine(engine, clock, seconds=3.2)
+    settings = make_settings(
+        gpu_queue_url=aws.queue_url,
+        images_bucket=BUCKET,
+        receive_wait_seconds=1,
+        max_batch=4,
+        gpu_price_per_hour_usd=1.8,
+    )
+    worker = Worker(settings, timed, sqs=aws.sqs, s3=aws.s3, stepfunctions=aws.sfn, clock=clock)
+
+    handled = 0
+    deadline = time.monotonic() + 20
+    while handled < 2 and time.monotonic() < deadline:
+        handled += worker.poll_once()
+
+    assert timed.batch_sizes == [4]  # both jobs in one pipeline call
+    per_image = 3.2 * 1.8 / 3600 / 4
+    for job, execution in zip(jobs, executions, strict=True):
+        described = aws.finished(execution)
+        assert described["status"] == "SUCCEEDED"
+        output = json.loads(described["output"])["generation"]
+        generation = GenerationResult.model_validate(output)
+        costs = [outcome.cost for outcome in generation.images]
+        assert all(cost is not None for cost in costs)
+        assert [cost.usd for cost in costs if cost] == [pytest.approx(per_image)] * len(job.images)
+        assert {cost.basis for cost in costs if cost} == {
+            "GPU 3.200 s x $1.8/GPU-hour / 4 images in the call"
+        }

@@ -229,7 +229,9 @@ def assert_event(event: dict[str, Any], detail_type: str, execution_id: str) -> 
     assert event["source"] == "imagegen"
     detail: dict[str, Any] = event["detail"]
     assert detail["execution_id"] == execution_id
-    assert detail["schema_version"] == "1.0"
+    # 1.1 added `cost` to the Generated and Failed details; Cancelled is unchanged.
+    expected_version = "1.0" if detail_type == "Image Generation Cancelled" else "1.1"
+    assert detail["schema_version"] == expected_version
     return detail
 
 

@@ -15,7 +15,10 @@ from typing import Annotated, Final, Literal
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 SCHEMA_VERSION: Final = "1.0"
-"""Version of every event's ``detail``. Bump the major part for a breaking change."""
+"""Version of an event ``detail`` whose shape is as first published. Bump the minor part when
+optional fields are added (a 1.0 consumer ignores them), the major part for a breaking change."""
+COST_SCHEMA_VERSION: Final = "1.1"
+"""Version of the details that carry ``cost`` (Image Generated, Image Generation Failed)."""
 
 MAX_PROMPT_CHARS = 1000
 MAX_IMAGES_PER_JOB = 4
@@ -185,6 +188,21 @@ class ErrorResponse(BaseModel):
     error: ApiError
 
 
+class Cost(BaseModel):
+    """What a job, or one image of it, cost us: a figure and how it was reached.
+
+    An estimate from list prices (``imagegen_common.pricing``) and, on the GPU, the measured
+    seconds of the pipeline calls; not a bill.
+    """
+
+    usd: float = Field(ge=0, description="US dollars.")
+    basis: str = Field(
+        description="How usd was computed, with the prices used, e.g. 'Bedrock price per image "
+        "($0.04, stability.stable-image-core-v1:1, ...)' or 'GPU 3.200 s x $1.006/GPU-hour / "
+        "4 images in the call'."
+    )
+
+
 class ImageOutcome(BaseModel):
     """The result of generating one image: either an S3 object or an error."""
 
@@ -199,6 +217,11 @@ class ImageOutcome(BaseModel):
         default=None,
         description="A failure the workflow caught for this image ({Error, Cause}), e.g. "
         "throttling that outlasted its retries; turned into ``error`` when results are signed.",
+    )
+    cost: Cost | None = Field(
+        default=None,
+        description="What this image cost: its Bedrock price, or its share of a GPU call's "
+        "measured seconds. None when the backend reported none.",
     )
 
     @property
@@ -261,7 +284,7 @@ class FailedImage(BaseModel):
 
 
 class _EventDetail(BaseModel):
-    schema_version: Literal["1.0"] = SCHEMA_VERSION
+    schema_version: str = SCHEMA_VERSION
     execution_id: str
     owner: str
 
@@ -269,26 +292,39 @@ class _EventDetail(BaseModel):
 class ImageGeneratedDetail(_EventDetail):
     """``detail`` of "Image Generated"."""
 
+    # 1.0 too: details written before costs (an execution's output read back by the API).
+    schema_version: Literal["1.0", "1.1"] = COST_SCHEMA_VERSION
     backend: Backend
     model_id: str | None
     parameters: Parameters
     images: list[SignedImage]
     failed_images: list[FailedImage] = Field(default_factory=list)
     completed_at: datetime
+    cost: Cost | None = Field(
+        default=None, description="What the job cost: the sum of its images' costs (since 1.1)."
+    )
 
 
 class ImageGenerationFailedDetail(_EventDetail):
     """``detail`` of "Image Generation Failed"."""
 
+    # 1.0 too: details written before costs (an execution's output read back by the API).
+    schema_version: Literal["1.0", "1.1"] = COST_SCHEMA_VERSION
     backend: Backend | None = None
     model_id: str | None = None
     parameters: Parameters | None = None
     error: ErrorInfo
     failed_at: datetime
+    cost: Cost | None = Field(
+        default=None,
+        description="What was spent before the failure, at least 0 with its basis (since 1.1).",
+    )
 
 
 class ImageGenerationCancelledDetail(_EventDetail):
     """``detail`` of "Image Generation Cancelled"."""
+
+    schema_version: Literal["1.0"] = SCHEMA_VERSION
 
     cancelled_at: datetime
 
@@ -329,3 +365,8 @@ class JobStatus(BaseModel):
     images: list[ImageView] = Field(default_factory=list)
     failed_images: list[FailedImage] = Field(default_factory=list)
     error: ErrorInfo | None = None
+    cost: Cost | None = Field(
+        default=None,
+        description="What the job cost, once it has ended (as its result event says); null "
+        "while it runs and for a cancelled job, whose spend is not recorded.",
+    )

@@ -23,6 +23,7 @@ from imagegen_common.models import (
     Parameters,
     SignedImage,
 )
+from imagegen_common.pricing import total_cost
 
 
 def credentials_expiry(s3_client: Any) -> datetime | None:
@@ -71,6 +72,7 @@ def sign_generated_images(
 ) -> ImageGeneratedDetail:
     """The "Image Generated" detail for a job: a signed URL per image made, errors for the rest.
 
+    Its cost is the sum of the outcomes' costs (made and failed images alike).
     Raises the error of the first failed image (e.g. ``ContentFilteredError``) when no image was
     made, so the workflow's failure path reports the real reason.
     """
@@ -118,4 +120,5 @@ def sign_generated_images(
         images=signed,
         failed_images=failed,
         completed_at=now,
+        cost=total_cost(outcomes),
     )

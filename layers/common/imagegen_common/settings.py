@@ -13,6 +13,7 @@ from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from imagegen_common.models import Backend, FallbackBackend
+from imagegen_common.pricing import parse_price_overrides
 
 
 def _split_csv(value: object) -> object:
@@ -71,10 +72,20 @@ class GenerationSettings(ImagesSettings):
     bedrock_region: str | None = Field(
         default=None, description="Region to call Bedrock in; the function's own when unset."
     )
+    bedrock_prices_usd: Annotated[dict[str, float], NoDecode] = Field(
+        default_factory=dict,
+        description="Per-image prices overriding imagegen_common.pricing's table, as "
+        '"model_id=price,model_id=price" (BedrockPriceOverrides).',
+    )
 
     _split = field_validator(
         "allowed_model_ids", "allowed_sizes", "blocked_prompt_terms", mode="before"
     )(_split_csv)
+
+    @field_validator("bedrock_prices_usd", mode="before")
+    @classmethod
+    def _parse_prices(cls, value: object) -> object:
+        return parse_price_overrides(value) if isinstance(value, str) else value
 
 
 class EventsSettings(BaseSettings):
