@@ -37,7 +37,6 @@ from executions import (
 from gpu_backlog import GpuBacklogFullError, check_gpu_backlog
 from imagegen_common.aws import client
 from imagegen_common.errors import InvalidPromptError
-from imagegen_common.jobs import resolve_request
 from imagegen_common.models import (
     ApiError,
     Backend,
@@ -338,6 +337,9 @@ _PREFER_WAIT_HEADERS: dict[str, Any] = {
 def submit_generation(
     request: GenerateRequest, idempotency_key: IdempotencyKey = None, prefer: Prefer = None
 ) -> Response[GenerateAccepted | JobStatus]:
+    # Imported by the first POST, not at cold start: the model adapters serve only this route.
+    from imagegen_common.jobs import resolve_request
+
     backend, *_ = resolve_request(request, settings)  # 422 now rather than a failed execution
     check_backend_capacity(backend)
     owner = caller_identity()
