@@ -8,12 +8,12 @@ STAMP := $(VENV)/.installed
 
 REQUIREMENTS := requirements/dev.txt layers/common/requirements.txt gpu_service/requirements.txt pyproject.toml
 
-.PHONY: help venv demo run lint template deployment unit workflow e2e test clean
+.PHONY: help venv demo run lint template deployment unit workflow e2e browser test clean
 
 help:
 	@echo "make demo      install everything, run the whole workflow offline once, print the image path"
 	@echo "make test      install everything and run every check CI runs"
-	@echo "make run       start the local stack (API on http://127.0.0.1:3000) until Ctrl-C"
+	@echo "make run       start the local stack (API and playground on http://127.0.0.1:3000) until Ctrl-C"
 	@echo "               PORT=N for another API port (make run PORT=3001, make demo PORT=3001)"
 
 $(STAMP): $(REQUIREMENTS)
@@ -30,7 +30,7 @@ demo: venv
 	$(BIN)/imagegen demo --port $(PORT)
 
 run: venv
-	$(BIN)/imagegen local --port $(PORT)
+	$(BIN)/imagegen local --port $(PORT) --allow-loopback-webhooks
 
 lint: venv
 	$(BIN)/ruff check .
@@ -59,7 +59,11 @@ workflow: venv
 e2e: venv
 	$(BIN)/pytest tests/e2e
 
-test: lint template deployment unit workflow e2e
+# The playground (web/) in headless Chromium (/usr/bin/chromium; .ci/run installs it).
+browser: venv
+	$(BIN)/pytest tests/browser
+
+test: lint template deployment unit workflow e2e browser
 
 clean:
 	rm -rf $(VENV) .venv-sam .venv-checkov .venv-deploy .aws-sam .mypy_cache .ruff_cache .pytest_cache

@@ -4,7 +4,8 @@ Both faces of the service (the HTTP server and the queue worker) hand it lists o
 ``ImageSpec`` (same size, steps and guidance) and get PNG bytes back, one per spec, in order.
 Each image has its own prompt, negative prompt and seed: the seed drives a generator of its own,
 so an image does not depend on which other requests shared its batch (up to the GPU's
-floating-point reordering).
+floating-point reordering). A caller may observe the denoising steps of a call (``on_step``,
+through diffusers' ``callback_on_step_end``): the queue worker reports job progress with it.
 """
 
 from __future__ import annotations
@@ -35,6 +36,19 @@ class BatchKey(NamedTuple):
     height: int
     steps: int
     guidance: float
+
+
+class DenoisingStep(NamedTuple):
+    """A denoising step of a pipeline call has just finished: ``step`` of ``steps`` (1-based)."""
+
+    step: int
+    steps: int
+
+
+StepObserver = Callable[[DenoisingStep], None]
+"""Called on the engine's thread after each denoising step of a call, for every image of it
+at once: keep it quick (the GPU waits), and let it hand slow work to another thread. What it
+raises is logged, never passed on: an observer cannot break a generation."""
 
 
 @dataclass(frozen=True)
@@ -157,9 +171,12 @@ class Engine:
         return cls(pipeline, model_id=model_id, device=device, dtype=dtype)
 
     # 2. Generate --------------------------------------------------------------------------------
-    def generate(self, specs: Sequence[ImageSpec]) -> list[bytes]:
-        """PNG bytes for each spec, in order, from one pipeline call; blocks the calling thread."""
-        images = self.generate_images(specs)
+    def generate(
+        self, specs: Sequence[ImageSpec], on_step: StepObserver | None = None
+    ) -> list[bytes]:
+        """PNG bytes for each spec, in order, from one pipeline call; blocks the calling thread.
+        ``on_step`` (if given) observes each denoising step of the call."""
+        images = self.generate_images(specs, on_step)
         return [encode_png(image) for image in images]  # on the caller's thread: the GPU moves on
 
     async def generate_async(self, specs: Sequence[ImageSpec]) -> list[bytes]:
@@ -170,11 +187,13 @@ class Engine:
         key = _shared_batch_key(specs)
         return await asyncio.wrap_future(self._executor.submit(self._generate_pngs, specs, key))
 
-    def generate_images(self, specs: Sequence[ImageSpec]) -> list[Any]:
+    def generate_images(
+        self, specs: Sequence[ImageSpec], on_step: StepObserver | None = None
+    ) -> list[Any]:
         """PIL images for each spec, in order, from one pipeline call."""
         if not specs:
             return []
-        return self.run(self._call_pipeline, specs, _shared_batch_key(specs))
+        return self.run(self._call_pipeline, specs, _shared_batch_key(specs), on_step)
 
     def run(self, function: Callable[..., T], *args: Any) -> T:
         """``function(*args)`` on the engine's thread, after the calls before it."""
@@ -183,9 +202,14 @@ class Engine:
     def _generate_pngs(self, specs: Sequence[ImageSpec], key: BatchKey) -> list[bytes]:
         return [encode_png(image) for image in self._call_pipeline(specs, key)]
 
-    def _call_pipeline(self, specs: Sequence[ImageSpec], key: BatchKey) -> list[Any]:
+    def _call_pipeline(
+        self, specs: Sequence[ImageSpec], key: BatchKey, on_step: StepObserver | None = None
+    ) -> list[Any]:
         # CPU generators give the same latents for a seed on every device.
         generators = [torch.Generator(device="cpu").manual_seed(spec.seed) for spec in specs]
+        observed: dict[str, Any] = {}
+        if on_step is not None:
+            observed["callback_on_step_end"] = _StepCallback(on_step, key.steps)
         output = self.pipeline(
             prompt=[spec.prompt for spec in specs],
             negative_prompt=[spec.negative_prompt or "" for spec in specs],
@@ -195,6 +219,7 @@ class Engine:
             guidance_scale=key.guidance,
             generator=generators,
             output_type="pil",
+            **observed,
         )
         return list(output.images)
 
@@ -212,6 +237,33 @@ class Engine:
         if self.device != "cuda":
             return 0, 0
         return torch.cuda.memory_allocated(), torch.cuda.max_memory_allocated()
+
+
+class _StepCallback:
+    """diffusers' ``callback_on_step_end`` (``(pipeline, step_index, timestep, callback_kwargs)
+    -> callback_kwargs``) turned into ``DenoisingStep`` for an observer that cannot break the
+    call: it returns the tensors unchanged whatever the observer does, and logs what it raises
+    (the first time with its stack, then counted)."""
+
+    def __init__(self, observer: StepObserver, requested_steps: int) -> None:
+        self._observer = observer
+        self._requested_steps = requested_steps
+        self._failures = 0
+
+    def __call__(
+        self, pipeline: Any, step_index: int, _timestep: Any, callback_kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        # The scheduler decides how many steps run (some add or drop one); the pipeline knows.
+        steps = getattr(pipeline, "num_timesteps", None) or self._requested_steps
+        try:
+            self._observer(DenoisingStep(step_index + 1, int(steps)))
+        except Exception:
+            self._failures += 1
+            if self._failures == 1:
+                logger.exception("a step observer failed; generation goes on")
+            else:
+                logger.debug("a step observer failed again (%d times)", self._failures)
+        return callback_kwargs
 
 
 def _scheduler_from_name(name: str, current: Any) -> Any:

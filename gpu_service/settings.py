@@ -94,6 +94,27 @@ class Settings(BaseSettings):
     liveness_file: str | None = Field(
         default=None, description="A file the worker touches after each poll (liveness probe)."
     )
+    # --- Progress events (worker) -------------------------------------------------------------
+    event_bus_name: str | None = Field(
+        default=None,
+        description='EventBridge bus for the jobs\' "Image Generation Progress" events; unset '
+        "or empty: no progress events.",
+    )
+    event_source: str = Field(
+        default="imagegen", min_length=1, description="The events' source (the stack's own)."
+    )
+    progress_reporting: bool = Field(
+        default=True,
+        description="Publish progress events (when EVENT_BUS_NAME is set); false turns them off.",
+    )
+    progress_interval_seconds: float = Field(
+        default=1.0,
+        ge=0,
+        le=60,
+        description="Least time between two step events of one job (the last step of a call "
+        "and the stage changes are always sent).",
+    )
+
     gpu_price_per_hour_usd: float = Field(
         default=1.006,
         ge=0,
@@ -101,6 +122,11 @@ class Settings(BaseSettings):
         "this / 3600 / images in the call). Default: an on-demand g5.xlarge in us-east-1, "
         "imagegen_common.pricing.GPU_INSTANCE_PRICE (a test holds the two equal).",
     )
+
+    @property
+    def reports_progress(self) -> bool:
+        """Whether the worker publishes progress events: on, and a bus to put them on."""
+        return self.progress_reporting and bool(self.event_bus_name)
 
     @model_validator(mode="after")
     def _extension_well_within_visibility(self) -> Settings:

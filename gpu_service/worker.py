@@ -26,6 +26,13 @@ What keeps jobs from being lost:
 - on SIGTERM it finishes the batch in hand (and the jobs it has started), hands back messages it
   received but did not start (visibility 0) and stops.
 
+Progress: with ``EVENT_BUS_NAME`` set (and ``PROGRESS_REPORTING`` not false) the worker puts
+"Image Generation Progress" events on that bus for each job (``gpu_service.progress``): stage
+"generating" when it accepts the job, then denoising steps at most once per
+``PROGRESS_INTERVAL_SECONDS`` per job (and the last step of each pipeline call), then "storing"
+with each image's outcome. The events leave from a background thread; publishing never fails or
+holds up a job.
+
 Nothing a message contains can stop the worker: each message is parsed and handled on its own,
 with pydantic's JSON parser (bounded nesting, bounded numbers, no recursion in Python). A message
 that is not a ``GpuJobMessage`` and yields no ``task_token`` cannot be answered: it is logged
@@ -54,11 +61,13 @@ from botocore.exceptions import ClientError, ParamValidationError
 from pydantic import BaseModel, Field, ValidationError
 
 from gpu_service.cli import settings_from_command_line
-from gpu_service.engine import Engine, ImageSpec, load_ready_engine, plan_batches
+from gpu_service.engine import Engine, ImageSpec, StepObserver, load_ready_engine, plan_batches
+from gpu_service.progress import CallShare, JobProgress, ProgressPublisher, ProgressReporter
 from gpu_service.settings import Settings
 from imagegen_common.models import (
     Cost,
     ErrorCode,
+    ErrorInfo,
     GenerationResult,
     GpuJobMessage,
     ImageOutcome,
@@ -182,6 +191,7 @@ class _JobInHand:
     gone: bool = False  # the task has ended: drop the job, delete the message
     started: bool = False  # some of its images went into a pipeline call
     done: bool = False  # reported, dropped or handed back: nothing more to do
+    progress: JobProgress | None = None  # None: its progress is not reported
 
     @property
     def live(self) -> bool:
@@ -210,7 +220,8 @@ class Worker:
     """Consumes the GPU job queue with one engine. ``run(stop)`` until ``stop`` is set.
 
     ``clock`` times the pipeline calls whose seconds the images' costs come from (tests give a
-    fake one).
+    fake one); ``progress_clock`` paces and times the progress events. ``events`` (an
+    EventBridge client, made once here when not given) is used only when progress is reported.
     """
 
     def __init__(
@@ -221,7 +232,9 @@ class Worker:
         sqs: Any | None = None,
         s3: Any | None = None,
         stepfunctions: Any | None = None,
+        events: Any | None = None,
         clock: Callable[[], float] = time.perf_counter,
+        progress_clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if not settings.gpu_queue_url:
             raise ValueError("GPU_QUEUE_URL must be set for the worker")
@@ -233,11 +246,39 @@ class Worker:
         self._sqs = sqs or boto3.client("sqs", config=config)
         self._s3 = s3 or boto3.client("s3", config=config)
         self._sfn = stepfunctions or boto3.client("stepfunctions", config=config)
+        self.progress: ProgressReporter | None = None
+        if settings.reports_progress:
+            assert settings.event_bus_name is not None  # reports_progress says so
+            # Few, quick tries: a late progress event is worth little, and the queue is bounded.
+            events_config = Config(
+                retries={"mode": "standard", "max_attempts": 2}, connect_timeout=2, read_timeout=5
+            )
+            self.progress = ProgressReporter(
+                ProgressPublisher(
+                    events or boto3.client("events", config=events_config),
+                    bus_name=settings.event_bus_name,
+                    source=settings.event_source,
+                ),
+                interval_seconds=settings.progress_interval_seconds,
+                clock=progress_clock,
+            )
 
     # --- Loop ---------------------------------------------------------------------------------
+    def close(self, timeout: float = 5.0) -> None:
+        """Send the progress events still queued (for up to ``timeout`` s) and stop sending."""
+        if self.progress is not None:
+            self.progress.close(timeout)
+
     def run(self, stop: threading.Event) -> None:
         """Poll until ``stop`` is set. A failed round is logged and retried after a pause that
-        doubles with each failure in a row (up to 30 s); nothing ends the loop but ``stop``."""
+        doubles with each failure in a row (up to 30 s); nothing ends the loop but ``stop``.
+        Then the progress events still queued are sent (``close``)."""
+        try:
+            self._poll_until(stop)
+        finally:
+            self.close()
+
+    def _poll_until(self, stop: threading.Event) -> None:
         logger.info("worker polling %s", self.queue_url)
         liveness = Path(self.settings.liveness_file) if self.settings.liveness_file else None
         if liveness is not None:
@@ -378,6 +419,10 @@ class Worker:
             job.height,
             received.receive_count,
         )
+        if self.progress is not None:
+            in_hand.progress = self.progress.job_started(
+                job.job_id, job.owner, images=len(job.images), steps=self.settings.default_steps
+            )
         return in_hand
 
     def _reject(self, token: str, receipt_handle: str, problem: str) -> None:
@@ -416,14 +461,14 @@ class Worker:
         heartbeat.start()
         try:
             previous_batch_started: float | None = None
-            for batch in plan_batches(
-                items, lambda item: item.spec.batch_key, self.settings.max_batch
-            ):
+            batches = plan_batches(items, lambda item: item.spec.batch_key, self.settings.max_batch)
+            for position, batch in enumerate(batches):
                 if stop is not None and stop.is_set() and not any(i.job.started for i in batch):
                     continue  # stopping: only jobs already started are finished
                 if previous_batch_started is not None:
                     self._check_tasks_before(batch, previous_batch_started)
                 previous_batch_started = time.monotonic()
+                _plan_progress(batches, position)
                 self._run_batch(batch)
                 for job in {id(item.job): item.job for item in batch}.values():
                     if self._finished(job):
@@ -473,8 +518,12 @@ class Worker:
         seconds. If it fails and several jobs share it, each job is tried alone, so one job
         that breaks the pipeline does not fail the others (the failed call is charged to none)."""
         try:
+            on_step = self._step_observer(items)
             started = self._clock()
-            pngs = self.engine.generate([i.spec for i in items])
+            if on_step is None:
+                pngs = self.engine.generate([i.spec for i in items])
+            else:
+                pngs = self.engine.generate([i.spec for i in items], on_step=on_step)
             seconds = self._clock() - started
             # The local stack reads this line for its engine-versus-orchestration figures.
             logger.info("engine: %d images in %.3f s", len(items), seconds)
@@ -496,7 +545,38 @@ class Worker:
             job = items[0].job
             logger.exception("job %s: %d images failed", job.job.job_id, len(items))
             job.failure = (ErrorCode.MODEL_ERROR, f"{type(error).__name__}: {error}")
+            for item in items:
+                self._image_failed(item, *job.failure)
             return []
+
+    def _step_observer(self, items: list[_Item]) -> StepObserver | None:
+        """What reports the denoising steps of the call making ``items``; None when progress
+        is not reported."""
+        if self.progress is None:
+            return None
+        shares: dict[int, CallShare] = {}
+        for item in items:
+            progress = item.job.progress
+            if progress is not None:
+                share = shares.get(id(progress))
+                shares[id(progress)] = CallShare(
+                    progress, (share.images_in_call if share else 0) + 1
+                )
+        return self.progress.observer(list(shares.values())) if shares else None
+
+    def _image_finished(self, item: _Item, outcome: ImageOutcome) -> None:
+        if self.progress is not None and item.job.progress is not None:
+            self.progress.image_finished(item.job.progress, outcome)
+
+    def _image_failed(self, item: _Item, code: ErrorCode, message: str) -> None:
+        self._image_finished(
+            item,
+            ImageOutcome(
+                index=item.slot.index,
+                seed=item.slot.seed,
+                error=ErrorInfo(code=code, message=_short(message, 1000)),
+            ),
+        )
 
     def _store(self, item: _Item, png: bytes, cost: Cost) -> None:
         job = item.job
@@ -506,13 +586,14 @@ class Worker:
             )
         except ParamValidationError as error:  # a bucket name S3 cannot have: the job's fault
             job.failure = (ErrorCode.INVALID_JOB, f"cannot write s3://{job.bucket}: {error}")
+            self._image_failed(item, *job.failure)
             return
         except Exception:
             # Transient or permissions: leave the message to reappear and be redone.
             logger.exception("writing s3://%s/%s failed", job.bucket, item.slot.s3_key)
             job.retry = True
             return
-        job.outcomes[item.slot.index] = ImageOutcome(
+        outcome = ImageOutcome(
             index=item.slot.index,
             seed=item.slot.seed,
             bucket=job.bucket,
@@ -521,6 +602,8 @@ class Worker:
             height=item.spec.height,
             cost=cost,
         )
+        job.outcomes[item.slot.index] = outcome
+        self._image_finished(item, outcome)
 
     @staticmethod
     def _finished(job: _JobInHand) -> bool:
@@ -627,6 +710,21 @@ class Worker:
                         job.gone = True
                 except Exception:
                     logger.exception("keeping job %s alive failed", job.job.job_id)
+
+
+def _plan_progress(batches: Sequence[Sequence[_Item]], position: int) -> None:
+    """Before the call at ``position``: tell each of its jobs how many denoising steps the calls
+    after it take up to that job's last one (its ETA covers them: they run before it ends)."""
+    last_position: dict[int, int] = {}
+    for index, batch in enumerate(batches):
+        for item in batch:
+            last_position[id(item.job)] = index
+    for item in batches[position]:
+        if item.job.progress is not None:
+            item.job.progress.steps_after_this_call = sum(
+                later[0].spec.steps
+                for later in batches[position + 1 : last_position[id(item.job)] + 1]
+            )
 
 
 def run_worker(settings: Settings, stop: threading.Event, engine: Engine | None = None) -> None:

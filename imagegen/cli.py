@@ -107,6 +107,7 @@ def _stack_options(args: argparse.Namespace) -> Any:
         model_id=args.model_id,
         parameters=parameters,
         function_environment=function_environment,
+        allow_loopback_webhooks=args.allow_loopback_webhooks,
     )
 
 
@@ -183,6 +184,7 @@ def cmd_local(args: argparse.Namespace) -> int:
         signal.signal(signal.SIGINT, request_stop)
         signal.signal(signal.SIGTERM, request_stop)
         _say(f"imagegen local stack ready: API {stack.api_url} (Ctrl-C to stop)")
+        _say(f"playground: open {stack.api_url}/ in a browser; API docs: {stack.api_url}/docs")
         while not stop.wait(0.5):
             pass
     return 0
@@ -246,28 +248,31 @@ def cmd_generate(args: argparse.Namespace) -> int:
         if getattr(args, name) is not None:
             request[name] = getattr(args, name)
 
-    def progress(status: dict[str, Any], elapsed: float) -> None:
-        stage = f" ({status['stage']})" if status.get("stage") else ""
-        _say(f"[{elapsed:6.1f}s] {status.get('status')}{stage}")
+    from imagegen.progress_display import job_display
 
-    with _client_from(args) as client:
+    # A progress bar on a terminal (queue position, steps or images, download); lines otherwise.
+    with _client_from(args) as client, contextlib.closing(job_display()) as display:
         accepted = client.submit(request, idempotency_key=args.idempotency_key)
         execution_id = accepted["execution_id"]
-        _say(f"submitted: execution_id={execution_id}")
-        final = client.wait(execution_id, on_change=progress, timeout_s=args.timeout)
-        if final.get("status") != "SUCCEEDED":
-            error = final.get("error") or {}
-            _error(f"{final.get('status')}: {error.get('code')}: {error.get('message')}")
+        display.note(f"submitted: execution_id={execution_id}")
+        final = client.follow(execution_id, display.update, timeout_s=args.timeout)
+        if final.status != "SUCCEEDED":
+            display.close()
+            code, message = (final.error.code, final.error.message) if final.error else ("", "")
+            _error(f"{final.status}: {code}: {message}")
             return EXIT_FAILED
-        images = final.get("images") or []
-        for path, image in zip(
-            output_paths(args.out, execution_id, len(images)), images, strict=True
-        ):
-            client.download(image["url"], path)
-            _say(f"wrote {path.resolve()} ({image['width']}x{image['height']})")
-        for failed in final.get("failed_images") or []:
-            _error(f"image {failed['index']} failed: {failed['error']}")
-        return EXIT_FAILED if not images else 0
+        paths = output_paths(args.out, execution_id, len(final.images))
+        for path, image in zip(paths, final.images, strict=True):
+            client.download(
+                image.url,
+                path,
+                lambda done, total, name=path.name: display.download(name, done, total),
+            )
+            display.note(f"wrote {path.resolve()} ({image.width}x{image.height})")
+        display.close()
+        for failed in final.failed_images:
+            _error(f"image {failed.index} failed: {failed.error.code}: {failed.error.message}")
+        return EXIT_FAILED if not final.images else 0
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -536,6 +541,11 @@ def _add_stack_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--parameter-overrides", nargs="*", metavar="Key=Value", help="template parameter values"
     )
+    parser.add_argument(
+        "--allow-loopback-webhooks",
+        action="store_true",
+        help="accept and deliver webhooks to 127.0.0.1 (http allowed there), for local receivers",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="log moto and library details")
 
 
@@ -622,6 +632,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     invoke.add_argument("-v", "--verbose", action="store_true")
     invoke.set_defaults(handler=cmd_invoke)
+
+    from imagegen.webhooks import add_webhook_commands
+
+    add_webhook_commands(commands, DEFAULT_TEMPLATE)
 
     # Dispatched to imagegen.model_lifecycle.main before parsing (see main); listed for --help.
     commands.add_parser("models", help="check the Bedrock lifecycle of the allowed models")

@@ -9,6 +9,8 @@ from typing import Any
 
 import httpx
 
+from imagegen_common.models import JobStatus
+
 DEFAULT_API_URL = "http://127.0.0.1:3000"
 TERMINAL_STATUSES = frozenset({"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"})
 
@@ -64,6 +66,31 @@ class ImagegenClient:
     def status(self, execution_id: str) -> dict[str, Any]:
         return dict(self._call("GET", f"/generate/{execution_id}").json())
 
+    def job_status(self, execution_id: str) -> JobStatus:
+        """``GET /generate/{id}`` as the API's model (stage, queue position, progress...)."""
+        return JobStatus.model_validate(self.status(execution_id))
+
+    def follow(
+        self,
+        execution_id: str,
+        on_status: Callable[[JobStatus, float], None],
+        *,
+        poll_s: float = 0.5,
+        timeout_s: float = 600.0,
+    ) -> JobStatus:
+        """Poll until the job ends, calling ``on_status(status, elapsed_s)`` after every poll
+        (a progress bar moves with each); the last status is the ended job's."""
+        started = time.monotonic()
+        while True:
+            status = self.job_status(execution_id)
+            elapsed = time.monotonic() - started
+            on_status(status, elapsed)
+            if status.status in TERMINAL_STATUSES:
+                return status
+            if elapsed > timeout_s:
+                raise TimeoutError(f"{execution_id} still {status.status} after {elapsed:.0f} s")
+            time.sleep(poll_s)
+
     def cancel(self, execution_id: str) -> dict[str, Any]:
         return dict(self._call("DELETE", f"/generate/{execution_id}").json())
 
@@ -93,13 +120,29 @@ class ImagegenClient:
                 )
             time.sleep(poll_s)
 
-    def download(self, url: str, path: Path) -> Path:
-        """Fetch a pre-signed image URL into ``path`` (no API key: the URL is the credential)."""
-        response = httpx.get(url, timeout=60.0)
-        if response.status_code >= 400:
-            raise ApiError("GET", url.split("?", 1)[0], response.status_code, response.text)
+    def download(
+        self,
+        url: str,
+        path: Path,
+        on_bytes: Callable[[int, int | None], None] | None = None,
+    ) -> Path:
+        """Fetch a pre-signed image URL into ``path`` (no API key: the URL is the credential);
+        ``on_bytes(done, total)`` as it arrives (total from Content-Length, None without)."""
+        with httpx.stream("GET", url, timeout=60.0) as response:
+            if response.status_code >= 400:
+                response.read()
+                raise ApiError("GET", url.split("?", 1)[0], response.status_code, response.text)
+            length = response.headers.get("content-length")
+            total = int(length) if length and length.isdigit() else None
+            chunks: list[bytes] = []
+            done = 0
+            for chunk in response.iter_bytes():
+                chunks.append(chunk)
+                done += len(chunk)
+                if on_bytes is not None:
+                    on_bytes(done, total)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(response.content)
+        path.write_bytes(b"".join(chunks))
         return path
 
 

@@ -19,6 +19,7 @@ PLACEHOLDER_ENVIRONMENT = {
     "AWS_DEFAULT_REGION": "us-east-1",
     "IMAGES_BUCKET": "placeholder",
     "STATE_MACHINE_ARN": "arn:aws:states:us-east-1:123456789012:stateMachine:placeholder",
+    "JOBS_TABLE_NAME": "placeholder",
     "POWERTOOLS_TRACE_DISABLED": "true",
 }
 

@@ -1,4 +1,4 @@
-"""Generate the result events' JSON Schemas from the domain model; keep their registry in step.
+"""Generate the events' JSON Schemas from the domain model; keep their registry in step.
 
     python scripts/generate_event_schemas.py          # write events/schemas/*.json, registry.yaml
     python scripts/generate_event_schemas.py --check  # exit 1 if either is out of date
@@ -25,15 +25,26 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from imagegen_common.models import RESULT_EVENT_DETAILS
+from imagegen_common.models import (
+    IMAGE_GENERATION_PROGRESS,
+    RESULT_EVENT_DETAILS,
+    ImageGenerationProgressDetail,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 SCHEMAS_DIR = REPO_ROOT / "events" / "schemas"
 TEMPLATE = REPO_ROOT / "events" / "schemas" / "registry.yaml"
 
+PUBLISHED_EVENT_DETAILS: dict[str, type[BaseModel]] = {
+    **RESULT_EVENT_DETAILS,
+    # Not a result: any number per job before its one result event.
+    IMAGE_GENERATION_PROGRESS: ImageGenerationProgressDetail,
+}
+"""Every detail-type we put on the bus, with the model of its ``detail``."""
+
 EVENTS: dict[str, tuple[str, type[BaseModel]]] = {
     detail_type.lower().replace(" ", "_"): (detail_type, model)
-    for detail_type, model in RESULT_EVENT_DETAILS.items()
+    for detail_type, model in PUBLISHED_EVENT_DETAILS.items()
 }
 """Schema name ("image_generated", the file's stem) -> (detail-type, detail model)."""
 

@@ -61,6 +61,7 @@ ENVIRONMENT = {
     "IMAGES_BUCKET": "imagegen-images",
     "EVENT_BUS_NAME": "imagegen-bus",
     "GPU_QUEUE_URL": "https://sqs.us-east-1.amazonaws.com/123456789012/gpu",
+    "JOBS_TABLE_NAME": "imagegen-jobs",
 }
 
 # Runs in the fresh process: time the import of one module, the way Lambda's init does.

@@ -1,4 +1,4 @@
-"""ApiFunction: POST /generate, GET and DELETE /generate/{execution_id}, GET /openapi.json.
+"""ApiFunction: POST and GET /generate, GET and DELETE /generate/{execution_id}, GET /openapi.json.
 
 Routes are declared with pydantic models, so requests are validated and the OpenAPI document
 comes from the same code. Every error, from any route or layer, is a typed exception mapped to a
@@ -20,12 +20,14 @@ from aws_lambda_powertools.event_handler.middlewares.openapi_validation import (
     OpenAPIRequestValidationMiddleware,
 )
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
-from aws_lambda_powertools.event_handler.openapi.params import Header, Path
+from aws_lambda_powertools.event_handler.openapi.params import Header, Path, Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError, ClientError
 
+from api_docs import add_docs_route
+from cors import cors_config
 from executions import (
     JobCancellation,
     cancel_job,
@@ -37,18 +39,29 @@ from executions import (
 from gpu_backlog import GpuBacklogFullError, check_gpu_backlog
 from imagegen_common.aws import client
 from imagegen_common.errors import InvalidPromptError
+from imagegen_common.job_records import (
+    DEFAULT_PAGE_SIZE,
+    MAX_PAGE_SIZE,
+    JobsTable,
+    create_job,
+    delete_job,
+    jobs_table,
+)
 from imagegen_common.models import (
     ApiError,
     Backend,
     ErrorCode,
     ErrorResponse,
+    ExecutionStatus,
     FieldError,
     GenerateAccepted,
     GenerateRequest,
     Job,
+    JobPage,
     JobStatus,
 )
 from imagegen_common.settings import ApiSettings
+from job_progress import check_webhook, job_page
 from json_body import read_json_object
 from prefer import MAX_WAIT_SECONDS, granted_wait, requested_wait, wait_for_end
 from refusals import ApiRefusal, InvalidRequestError, refusal_for_aws_error
@@ -80,6 +93,11 @@ def sqs() -> Any:
     return client("sqs")
 
 
+@cache
+def jobs() -> JobsTable:
+    return jobs_table(settings.jobs_table_name, settings.job_record_retention_days)
+
+
 class JsonObjectBodyValidation(OpenAPIRequestValidationMiddleware):
     """powertools' request validation, reading the body by our rules (``json_body``).
 
@@ -96,7 +114,9 @@ class JsonObjectBodyValidation(OpenAPIRequestValidationMiddleware):
         )
 
 
-app = APIGatewayRestResolver(enable_validation=True)
+app = APIGatewayRestResolver(
+    enable_validation=True, cors=cors_config(settings.cors_allowed_origins)
+)
 app._request_validation_middleware = JsonObjectBodyValidation()
 
 OPENAPI_TITLE = "imagegen"
@@ -110,6 +130,15 @@ IdempotencyKey = Annotated[
         max_length=255,
         description="Retries with the same key return the same execution.",
     ),
+]
+StatusFilter = Annotated[ExecutionStatus | None, Query(description="Only jobs with this status.")]
+PageSize = Annotated[
+    int,
+    Query(ge=1, le=MAX_PAGE_SIZE, description=f"Jobs per page, 1 to {MAX_PAGE_SIZE}."),
+]
+NextToken = Annotated[
+    str | None,
+    Query(max_length=2048, description="The next_token of the previous page."),
 ]
 Prefer = Annotated[
     str | None,
@@ -340,7 +369,9 @@ def submit_generation(
     # Imported by the first POST, not at cold start: the model adapters serve only this route.
     from imagegen_common.jobs import resolve_request
 
-    backend, *_ = resolve_request(request, settings)  # 422 now rather than a failed execution
+    backend, model_id, *_ = resolve_request(request, settings)  # 422 now, not a failed job
+    if request.webhook is not None:
+        check_webhook(str(request.webhook.url), settings.webhook_allow_loopback)
     check_backend_capacity(backend)
     owner = caller_identity()
     job = Job(
@@ -350,7 +381,15 @@ def submit_generation(
         request=request,
     )
     logger.append_keys(execution_id=job.job_id)
-    start_job(sfn(), settings.state_machine_arn, job)
+    # The record first, so progress events always find it; a retry of an Idempotency-Key finds
+    # the first one and keeps it.
+    created = create_job(jobs(), job, backend, model_id)
+    try:
+        start_job(sfn(), settings.state_machine_arn, job)
+    except Exception:
+        if created:  # never started: no job, so no record left RUNNING
+            delete_job(jobs(), job.job_id)
+        raise
     metrics.add_metric(name="JobsSubmitted", unit=MetricUnit.Count, value=1)
     headers = {"Vary": "Prefer"}
     wait_seconds = granted_wait(requested_wait(prefer), remaining_time_ms())
@@ -399,6 +438,7 @@ def finished_job(job: Job, wait_seconds: int) -> JobStatus | None:
             job.job_id,
             job.owner,
             settings.presigned_url_ttl_seconds,
+            jobs(),
         )
     except (ClientError, BotoCoreError) as error:
         logger.warning("the ended job could not be read; answering 202", error=str(error))
@@ -423,7 +463,32 @@ def read_generation(execution_id: ExecutionId) -> JobStatus:
         execution_id,
         caller_identity(),
         settings.presigned_url_ttl_seconds,
+        jobs(),
     )
+
+
+@app.get(
+    "/generate",
+    summary="List your jobs, newest first",
+    description="The caller's own jobs (no image URLs: read a job for those), newest first, "
+    "a page at a time. A page may hold fewer jobs than limit and still have a next_token; "
+    "the last page has none.",
+    responses=declared_responses(
+        {200: "A page of the caller's jobs."},
+        {
+            422: "A query parameter breaks its rule (status, limit, or a next_token not handed to "
+            "this caller)."
+        },
+    ),
+    tags=["jobs"],
+)
+@tracer.capture_method
+def list_generations(
+    status: StatusFilter = None,
+    limit: PageSize = DEFAULT_PAGE_SIZE,
+    next_token: NextToken = None,
+) -> JobPage:
+    return job_page(jobs(), caller_identity(), status, limit, next_token)
 
 
 @app.delete(
@@ -509,6 +574,10 @@ def _references(node: Any) -> Iterator[str]:
             stack.extend(item.values())
         elif isinstance(item, list):
             stack.extend(item)
+
+
+# GET /docs: Swagger UI over the same document, with its assets from the package (offline).
+add_docs_route(app, openapi_document)
 
 
 @app.get("/openapi.json", include_in_schema=False)

@@ -18,6 +18,7 @@ from botocore.exceptions import ClientError
 from pydantic import BaseModel, Field
 
 from imagegen_common.failures import NOTHING_SPENT
+from imagegen_common.job_records import JobsTable, read_job
 from imagegen_common.models import (
     ErrorCode,
     ErrorInfo,
@@ -26,8 +27,10 @@ from imagegen_common.models import (
     ImageView,
     Job,
     JobStatus,
+    Stage,
 )
 from imagegen_common.presign import presign_get
+from job_progress import with_record
 from refusals import ApiRefusal
 
 _EXECUTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,80}$")
@@ -48,7 +51,8 @@ STAGE_BY_STATE: dict[str, str] = {
     "Generation Failed": "failing",
     "Failure Not Described": "failing",
 }
-"""What ``GET /generate/{id}`` reports as ``stage`` for each state of the workflow."""
+"""What ``GET /generate/{id}`` reports as ``stage`` for each state of the workflow, for a job the
+jobs table has no record of (started outside the API, or before the table existed)."""
 
 
 CANCELLING: Final = "CANCELLING"
@@ -138,13 +142,20 @@ def job_status(
     execution_id: str,
     owner: str,
     ttl_seconds: int,
+    jobs: JobsTable | None = None,
 ) -> JobStatus:
-    """The job's status; on success with freshly signed URLs, on failure with code and message."""
+    """The job's status; on success with freshly signed URLs, on failure with code and message.
+
+    Step Functions says the status and the result; with ``jobs``, the job's record adds where a
+    running job is (stage, queue position, progress, the images so far) and its timestamps.
+    """
     execution = _owned_execution(sfn, state_machine_arn, execution_id, owner)
     status = ExecutionStatus(execution["status"])
     result = JobStatus(execution_id=execution_id, status=status)
+    record = read_job(jobs, execution_id, owner) if jobs is not None else None
     if status is ExecutionStatus.RUNNING:
-        result.stage = _current_stage(sfn, execution["executionArn"])
+        if record is None:
+            result.stage = _current_stage(sfn, execution["executionArn"])
     elif status is ExecutionStatus.SUCCEEDED:
         detail = ImageGeneratedDetail.model_validate_json(execution.get("output") or "{}")
         for image in detail.images:
@@ -167,7 +178,9 @@ def job_status(
     elif status is ExecutionStatus.TIMED_OUT:
         result.error = ErrorInfo(code=ErrorCode.TIMEOUT, message="the workflow timed out")
         result.cost = NOTHING_SPENT
-    return result
+    if jobs is None:
+        return result
+    return with_record(result, record, jobs, s3_client, ttl_seconds)
 
 
 def execution_status(sfn: Any, state_machine_arn: str, execution_id: str) -> str:
@@ -235,12 +248,13 @@ def _owned_execution(
     return execution
 
 
-def _current_stage(sfn: Any, arn: str) -> str | None:
+def _current_stage(sfn: Any, arn: str) -> Stage | None:
     history = sfn.get_execution_history(executionArn=arn, reverseOrder=True, maxResults=50)
     for event in history.get("events", []):
         if event["type"].endswith("StateEntered"):
-            return STAGE_BY_STATE.get(event["stateEnteredEventDetails"]["name"])
-    return "starting"
+            stage = STAGE_BY_STATE.get(event["stateEnteredEventDetails"]["name"])
+            return Stage(stage) if stage is not None else None
+    return Stage.QUEUED  # started, no state entered yet
 
 
 def _failure_of(execution: dict[str, Any]) -> ErrorInfo:

@@ -1,4 +1,8 @@
-"""GenerateWithBedrockFunction ("Generate One Image" state): one image of a job, stored in S3."""
+"""GenerateWithBedrockFunction ("Generate One Image" state): one image of a job, stored in S3.
+
+Each image's outcome (stored, or refused by the model) goes out as a progress event as soon as it
+is known, so the job's status shows the images of a fan-out as they arrive.
+"""
 
 from typing import Any
 
@@ -9,15 +13,18 @@ from pydantic import BaseModel
 
 from generation import generate_image_with_bedrock
 from imagegen_common.aws import client
-from imagegen_common.models import ImageSlot, Job
-from imagegen_common.settings import GenerationSettings
+from imagegen_common.models import ImageSlot, Job, Stage
+from imagegen_common.progress import progress_of, publish_progress
+from imagegen_common.settings import EventsSettings, GenerationSettings
 
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
 settings = GenerationSettings()
+events_settings = EventsSettings()
 bedrock_runtime = client("bedrock-runtime", settings.bedrock_region)
 s3 = client("s3")
+events = client("events")
 
 
 class GenerateImageInput(BaseModel):
@@ -38,4 +45,7 @@ def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, A
     )
     metric = "ImagesGenerated" if outcome.succeeded else "ImagesRejected"
     metrics.add_metric(name=metric, unit=MetricUnit.Count, value=1)
+    publish_progress(
+        events, events_settings, progress_of(task.job, Stage.GENERATING, image=outcome)
+    )
     return outcome.model_dump(mode="json")

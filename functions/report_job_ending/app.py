@@ -11,6 +11,11 @@ ABORTED, "Image Generation Failed" otherwise.
 
 So whatever ends an execution, subscribers get exactly one of "Image Generated",
 "Image Generation Failed" or "Image Generation Cancelled" for it.
+
+It also receives SUCCEEDED, and for every ending writes the terminal status and stage (with the
+cost, when the execution's output has one) into the jobs table, before publishing anything: a
+retry after a failed publish then finds the table written, and a terminal status there wins over
+any progress event that arrives later.
 """
 
 import json
@@ -25,23 +30,28 @@ from aws_lambda_powertools.utilities.typing import LambdaContext
 from pydantic import BaseModel, ConfigDict, Field
 
 from imagegen_common.aws import client
-from imagegen_common.failures import describe_failure
+from imagegen_common.failures import NOTHING_SPENT, describe_failure
+from imagegen_common.job_records import JobsTable, apply_ending, jobs_table
 from imagegen_common.models import (
     IMAGE_GENERATION_CANCELLED,
     IMAGE_GENERATION_FAILED,
+    Cost,
     ExecutionStatus,
+    ImageGeneratedDetail,
     ImageGenerationCancelledDetail,
     ImageGenerationFailedDetail,
     TaskError,
 )
-from imagegen_common.settings import EventsSettings
+from imagegen_common.settings import EventsSettings, JobsSettings
 
 logger = Logger()
 tracer = Tracer()
 metrics = Metrics()
 settings = EventsSettings()
+jobs_settings = JobsSettings()
 sfn = client("stepfunctions")
 events = client("events")
+table = jobs_table(jobs_settings.jobs_table_name, jobs_settings.job_record_retention_days)
 
 _TIMED_OUT = TaskError(error="States.Timeout", cause="The workflow ran past its timeout.")
 
@@ -56,6 +66,9 @@ class ExecutionStatusChange(BaseModel):
     name: str
     status: ExecutionStatus
     stop_date: int | None = Field(default=None, alias="stopDate", description="Epoch millis.")
+    output: str | None = Field(
+        default=None, description="The execution's output (JSON), when small enough to include."
+    )
 
 
 class StatusChangeEnvelope(EventBridgeModel):
@@ -108,6 +121,37 @@ def unreported_ending(
     return IMAGE_GENERATION_FAILED, describe_failure(change.name, job, error, now=ended_at)
 
 
+def record_ending(sfn_client: Any, jobs: JobsTable, change: ExecutionStatusChange) -> bool:
+    """Write the execution's terminal status into the jobs table; False when the table had no
+    running job by that id (started outside the API, or already recorded)."""
+    if change.status is ExecutionStatus.RUNNING:
+        return False
+    ended_at = (
+        datetime.fromtimestamp(change.stop_date / 1000, tz=UTC)
+        if change.stop_date is not None
+        else datetime.now(UTC)
+    )
+    cost = ending_cost(sfn_client, change)
+    return apply_ending(jobs, change.name, change.status, cost=cost, at=ended_at)
+
+
+def ending_cost(sfn_client: Any, change: ExecutionStatusChange) -> Cost | None:
+    """What the job cost, as ``GET /generate/{id}`` reports it: a success's from its output (the
+    "Image Generated" detail), nothing spent for a failure or a timeout, unknown when cancelled."""
+    if change.status is ExecutionStatus.SUCCEEDED:
+        output = change.output
+        if output is None:
+            output = sfn_client.describe_execution(executionArn=change.execution_arn).get("output")
+        try:
+            return ImageGeneratedDetail.model_validate_json(output or "{}").cost
+        except ValueError:
+            logger.warning("the execution's output is not an Image Generated detail")
+            return None
+    if change.status in (ExecutionStatus.FAILED, ExecutionStatus.TIMED_OUT):
+        return NOTHING_SPENT  # a job fails only when none of its images was made
+    return None
+
+
 def _job_of(execution_input: str | None) -> dict[str, Any] | None:
     try:
         job = json.loads(execution_input or "{}").get("job")
@@ -131,6 +175,8 @@ def _ended_at(execution: dict[str, Any], change: ExecutionStatusChange) -> datet
 def lambda_handler(event: dict[str, Any], context: LambdaContext) -> dict[str, Any] | None:
     change = parse(event=event, model=StatusChangeEnvelope).detail
     logger.append_keys(execution_id=change.name)
+    if not record_ending(sfn, table, change):
+        logger.info("no running job in the table to end", status=change.status)
     owed = unreported_ending(sfn, change)
     if owed is None:
         logger.info("the workflow announced its own ending", status=change.status)

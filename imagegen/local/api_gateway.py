@@ -9,7 +9,9 @@ its response back. Like ``sam local start-api`` it does not enforce API keys; a 
 It keeps API Gateway's limits and answers: a body over 10 MB is refused with 413 (from its
 Content-Length, before reading it, or as soon as a chunked body passes the limit); the
 integration times out after 29 s with 504; a path or method without a route gets 403 "Missing
-Authentication Token"; a failed function or a malformed proxy response gets 502. These answers
+Authentication Token" (unless it names a file of the playground, ``web/``, which this server
+serves at ``/`` as a convenience of the local stack: ``static_site``); a failed function or a
+malformed proxy response gets 502. These answers
 are the API's gateway responses (``x-amazon-apigateway-gateway-responses`` in the RestApi's
 body, as the template defines them), rendered as API Gateway renders them. A body that stops
 arriving is answered 408 after ``body_timeout_s`` (on AWS the edge in front of API Gateway does
@@ -44,6 +46,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from imagegen.local.deploy import ApiRoute, DeployedStack
 from imagegen.local.lambda_runtime import DEFAULT_ACCOUNT_ID, FunctionSpec, LambdaRuntime
 from imagegen.local.moto_server import PortInUseError, ensure_port_free
+from imagegen.local.static_site import StaticSite
 from imagegen_common.models import ApiError, ErrorCode, ErrorResponse
 
 logger = logging.getLogger(__name__)
@@ -275,8 +278,12 @@ class GatewayResponse:
         status = definition.get("statusCode")
         return cls(
             status=int(status) if status not in (None, "") else None,
+            # A value the template computes (the CORS origin's Fn::If) is left out: the local
+            # stack does not resolve intrinsic functions in the API's body.
             parameters={
-                str(k): str(v) for k, v in (definition.get("responseParameters") or {}).items()
+                str(k): v
+                for k, v in (definition.get("responseParameters") or {}).items()
+                if isinstance(v, str)
             },
             templates={
                 str(k): str(v) for k, v in (definition.get("responseTemplates") or {}).items()
@@ -370,7 +377,8 @@ class LocalApiGateway:
     """Routes requests to the stack's functions (its REST APIs' routes) and answers as AWS does.
 
     ``gateway_responses`` (API logical id -> type -> response) defaults to what the stack's
-    template declares.
+    template declares; ``static_root`` (the files a GET that matches no route may get) to the
+    ``web/`` folder beside the template, when there is one.
     """
 
     def __init__(
@@ -378,9 +386,13 @@ class LocalApiGateway:
         stack: DeployedStack,
         runtime: LambdaRuntime,
         gateway_responses: Mapping[str, Mapping[str, GatewayResponse]] | None = None,
+        static_root: Path | None = None,
     ) -> None:
         self.stack = stack
         self.runtime = runtime
+        if static_root is None and (stack.template_path.parent / "web").is_dir():
+            static_root = stack.template_path.parent / "web"
+        self.static_site = StaticSite(static_root) if static_root is not None else None
         self.routes = stack.routes
         if gateway_responses is None:
             gateway_responses = load_gateway_responses(stack.template_path, stack.region)
@@ -404,6 +416,9 @@ class LocalApiGateway:
         path = unquote(url.path) or "/"
         match = match_route(self.routes, method, path)
         if match is None:
+            static = self._static_file(method, path)
+            if static is not None:
+                return static
             return self.error(GatewayResponseType.MISSING_AUTHENTICATION_TOKEN, headers=headers)
         api_id = match.route.api_logical_id
         event = build_proxy_event(
@@ -419,6 +434,19 @@ class LocalApiGateway:
         )
         spec = self.stack.functions[match.route.function_logical_id].spec
         return Integration(spec, event, api_id, headers)
+
+    def _static_file(self, method: str, path: str) -> HttpResponse | None:
+        if self.static_site is None or method not in ("GET", "HEAD"):
+            return None
+        found = self.static_site.find(path)
+        if found is None:
+            return None
+        headers = [
+            ("Content-Type", found.content_type),
+            ("Cache-Control", "no-cache"),
+            ("X-Content-Type-Options", "nosniff"),
+        ]
+        return HttpResponse(200, headers, b"" if method == "HEAD" else found.body)
 
     def integrate(self, integration: Integration) -> HttpResponse:
         """Invoke the function (blocking) and turn its result into the HTTP response."""

@@ -113,6 +113,8 @@ class DeployedStack:
     routes: list[ApiRoute]
     stages: dict[str, str]
     """API logical id -> stage name."""
+    tables: dict[str, str] = field(default_factory=dict)
+    """logical id -> DynamoDB table name."""
     runtime: LambdaRuntime | None = field(default=None, compare=False, repr=False)
 
     def only(self, kind: str) -> str:
@@ -428,6 +430,7 @@ def describe_stack(
         functions=functions,
         routes=routes,
         stages=stages,
+        tables=of_type("AWS::DynamoDB::Table"),
     )
 
 

@@ -1,7 +1,8 @@
 """The GPU worker as its own process, as it runs on ECS or EKS: `python -m gpu_service.worker`.
 
 The local stack starts one (or more, or none) with the variables a task definition would set
-(``GPU_QUEUE_URL``, ``IMAGES_BUCKET``, ``MODEL_ID``, the AWS endpoint and credentials), and knows
+(``GPU_QUEUE_URL``, ``IMAGES_BUCKET``, ``MODEL_ID``, the AWS endpoint and credentials, and
+``progress_environment``: the bus and source its progress events go to), and knows
 it is ready when it touches its ``LIVENESS_FILE`` (after its first poll of the queue, so after
 the model has loaded). Its output goes to the console, each line prefixed with the worker's name.
 Tests stop a worker gracefully (SIGTERM: it finishes the batch in hand) or kill it (SIGKILL: its
@@ -17,11 +18,25 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 ENGINE_TIME_LINE = re.compile(r"engine: (?P<images>\d+) images? in (?P<seconds>\d+(?:\.\d+)?) s")
 """A worker line reporting one pipeline call's seconds (``engine: 4 images in 0.132 s``)."""
+
+
+PROGRESS_VARIABLES = ("EVENT_BUS_NAME", "EVENT_SOURCE")
+"""Where a worker's progress events go: the bus and source the stack's functions publish with."""
+
+
+def progress_environment(function_environments: Iterable[Mapping[str, str]]) -> dict[str, str]:
+    """``EVENT_BUS_NAME`` and ``EVENT_SOURCE`` as the stack's functions have them (the first
+    function that has both), for the worker: its progress events reach the same bus and rules as
+    theirs. Empty when no function has them (the worker then publishes no progress)."""
+    for environment in function_environments:
+        if all(environment.get(name) for name in PROGRESS_VARIABLES):
+            return {name: environment[name] for name in PROGRESS_VARIABLES}
+    return {}
 
 
 class WorkerExitedError(RuntimeError):

@@ -278,6 +278,8 @@ class LambdaRuntime:
 
     ``base_environment`` is laid under every function's own variables (e.g. ``AWS_ENDPOINT_URL``
     of a local moto server), as the Lambda service adds its own variables to the template's.
+    ``function_overrides`` (by logical id) go over a function's own: what only the local stack
+    sets, e.g. WEBHOOK_ALLOW_LOOPBACK, which no template may.
     """
 
     def __init__(
@@ -285,8 +287,13 @@ class LambdaRuntime:
         base_environment: Mapping[str, str] | None = None,
         *,
         max_environments: int = DEFAULT_MAX_ENVIRONMENTS,
+        function_overrides: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         self.base_environment = dict(base_environment or {})
+        self.function_overrides = {
+            logical_id: dict(variables)
+            for logical_id, variables in (function_overrides or {}).items()
+        }
         self.max_environments = max_environments
         self._pools: dict[tuple[Any, ...], _EnvironmentPool] = {}
         self._pools_lock = threading.Lock()
@@ -309,6 +316,7 @@ class LambdaRuntime:
             }
         )
         variables.update({name: str(value) for name, value in spec.environment.items()})
+        variables.update(self.function_overrides.get(spec.logical_id, {}))
         return variables
 
     def _pool(self, spec: FunctionSpec) -> _EnvironmentPool:
@@ -562,8 +570,13 @@ class ProcessLambdaRuntime(LambdaRuntime):
         *,
         max_environments: int = DEFAULT_MAX_ENVIRONMENTS,
         log: Callable[[str], None] | None = None,
+        function_overrides: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
-        super().__init__(base_environment, max_environments=max_environments)
+        super().__init__(
+            base_environment,
+            max_environments=max_environments,
+            function_overrides=function_overrides,
+        )
         self.log = log or _write_line
 
     def _start_environment(

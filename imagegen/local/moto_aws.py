@@ -29,7 +29,10 @@ Gaps filled (details at each block):
 - API Gateway: a RestApi's ``Body`` is ignored (and only OpenAPI 3 can be imported);
 - Lambda: without Docker nothing runs (our handlers are dispatched through ``register_lambda``,
   errors reported with ``x-amz-function-error``);
-- EventBridge: a rule with a Lambda target raises instead of invoking it.
+- EventBridge: a rule with a Lambda target raises instead of invoking it;
+- Lambda's SQS event source: moto invokes on send, once, and ignores batchItemFailures and
+  visibility (``sqs_event_sources`` polls instead, as Lambda does);
+- CloudFormation: no ``AWS::SecretsManager::Secret`` (created here, GenerateSecretString included).
 Not worked around: ``AWS::SQS::QueuePolicy``, ``AWS::ApiGateway::Stage``/``ApiKey``/``UsagePlan``,
 ``AWS::S3::BucketPolicy`` and the schema registry are skipped by moto (logged); moto does not
 invoke ``aws_proxy`` integrations (``api_gateway`` serves the routes instead).
@@ -54,6 +57,7 @@ from typing import Any
 from unittest import mock
 
 from imagegen.local.moto_server import ensure_port_free, free_port
+from imagegen.local.sqs_event_sources import SqsEventSource, SqsEventSourcePoller
 
 logger = logging.getLogger(__name__)
 
@@ -83,11 +87,42 @@ class LocalAws:
     """moto's server (``http://127.0.0.1:PORT``), or None for the in-process mock."""
     port: int | None = None
     _dispatchers: dict[str, LambdaDispatch] = field(default_factory=dict)
+    _event_sources: list[SqsEventSourcePoller] = field(default_factory=list)
+    _event_sources_lock: threading.Lock = field(default_factory=threading.Lock)
+    _closing: bool = False
 
     def register_lambda(self, function_name: str, dispatch: LambdaDispatch) -> None:
         """Route moto's invocations of ``function_name`` (the state machine's Lambda tasks,
         EventBridge targets, the SQS event source) to ``dispatch``, until the door closes."""
         self._dispatchers[function_name] = dispatch
+
+    def _invoke_for(self, function_name: str) -> Callable[[bytes], tuple[bytes, str | None]] | None:
+        dispatch = self._dispatchers.get(function_name)
+        if dispatch is None:
+            return None
+        return lambda body: dispatch(body, {})
+
+    def _start_event_source(self, source: SqsEventSource) -> None:
+        import boto3
+
+        with self._event_sources_lock:
+            if self._closing:
+                return
+            session = boto3.session.Session(
+                aws_access_key_id="testing",
+                aws_secret_access_key="testing",  # noqa: S106 (moto's, never a real account)
+                region_name=source.region,
+            )
+            sqs = session.client("sqs", endpoint_url=self.endpoint_url)
+            poller = SqsEventSourcePoller(source, sqs, self._invoke_for)
+            self._event_sources.append(poller.start())
+
+    def _stop_event_sources(self) -> None:
+        with self._event_sources_lock:
+            self._closing = True
+            pollers, self._event_sources = self._event_sources, []
+        for poller in pollers:
+            poller.stop()
 
 
 _open_lock = threading.Lock()
@@ -139,6 +174,8 @@ def local_aws(
 
                 undo.enter_context(_environment(AWS_ENDPOINT_URL=None))
                 undo.enter_context(mock_aws(config=MOTO_CONFIG))  # resets the backends on exit
+            # The SQS pollers stop first, while moto still answers them.
+            undo.callback(aws._stop_event_sources)
             yield aws
     finally:
         with _open_lock:
@@ -204,6 +241,8 @@ def _patches(aws: LocalAws) -> list[Patch]:
         *_stop_during_callback(),
         *_heartbeat_without_heartbeat_seconds(),
         *_interpreter_caches(),
+        *_sqs_event_sources(aws),
+        *_secrets_in_cloudformation(),
     ]
 
 
@@ -276,7 +315,7 @@ def physical_ids_from_outputs(outputs: dict[str, str]) -> tuple[dict[str, str], 
 def _unmodelled_resources(template: dict[str, Any]) -> set[str]:
     from moto.cloudformation.parsing import get_model_map
 
-    modelled = set(get_model_map())
+    modelled = set(get_model_map()) | set(_LOCALLY_MODELLED)
     return {
         logical_id
         for logical_id, resource in (template.get("Resources") or {}).items()
@@ -675,6 +714,132 @@ def _interpreter_caches() -> list[Patch]:
         ):
             patches.append((module, "boto_client_for", boto_client_for))
     return patches
+
+
+def _sqs_event_sources(aws: LocalAws) -> list[Patch]:
+    from moto.awslambda.models import LambdaBackend
+    from moto.sqs.models import sqs_backends
+
+    original = LambdaBackend.create_event_source_mapping
+
+    def create_event_source_mapping(self: LambdaBackend, spec: dict[str, Any]) -> Any:
+        mapping = original(self, spec)
+        # Gap: moto invokes a function with an SQS event source as each message is sent, once,
+        # with ApproximateReceiveCount "1", and deletes the message unless the whole invocation
+        # failed: it ignores batchItemFailures (ReportBatchItemFailures) and the visibility a
+        # function sets, so retries with backoff and the redrive to a dead-letter queue never
+        # happen. The mapping is taken off moto's queue and polled instead, as Lambda does
+        # (sqs_event_sources); it stays listed in moto's Lambda.
+        for queue in sqs_backends[self.account_id][self.region_name].queues.values():
+            if queue.queue_arn == mapping.event_source_arn:
+                queue.lambda_event_source_mappings.pop(mapping.function_arn, None)
+                aws._start_event_source(
+                    SqsEventSource(
+                        queue_arn=queue.queue_arn,
+                        function_name=mapping.function_arn.split(":")[6],
+                        batch_size=int(mapping.batch_size or 10),
+                        report_batch_item_failures="ReportBatchItemFailures"
+                        in (mapping.function_response_types or []),
+                    )
+                )
+        return mapping
+
+    return [(LambdaBackend, "create_event_source_mapping", create_event_source_mapping)]
+
+
+_LOCALLY_MODELLED = ("AWS::SecretsManager::Secret",)
+"""Resource types moto's CloudFormation does not model and this module creates."""
+
+
+class _CloudFormationSecret:
+    """Gap: moto's CloudFormation skips ``AWS::SecretsManager::Secret`` (moto's Secrets Manager
+    exists, its CloudFormation model does not), so a ``Ref`` to one yields nothing usable. This
+    creates the secret in moto's Secrets Manager, its value from ``SecretString`` or generated as
+    ``GenerateSecretString`` says; ``Ref`` and ``Fn::GetAtt Id`` give its ARN, as on AWS."""
+
+    def __init__(self, arn: str) -> None:
+        self.physical_resource_id = arn
+        self.arn = arn
+
+    @staticmethod
+    def has_cfn_attr(attribute: str) -> bool:
+        return attribute == "Id"
+
+    def is_created(self) -> bool:
+        return True
+
+    def get_cfn_attribute(self, attribute: str) -> str:
+        return self.arn
+
+    @classmethod
+    def create_from_cloudformation_json(
+        cls,
+        resource_name: str,
+        cloudformation_json: dict[str, Any],
+        account_id: str,
+        region_name: str,
+        **kwargs: Any,
+    ) -> _CloudFormationSecret:
+        from moto.secretsmanager.models import secretsmanager_backends
+
+        backend = secretsmanager_backends[account_id][region_name]
+        properties = cloudformation_json.get("Properties") or {}
+        value = properties.get("SecretString")
+        generate = properties.get("GenerateSecretString")
+        if value is None and isinstance(generate, dict):
+            value = json.loads(
+                backend.get_random_password(
+                    password_length=int(generate.get("PasswordLength", 32)),
+                    exclude_characters=str(generate.get("ExcludeCharacters", "")),
+                    exclude_numbers=_flag(generate.get("ExcludeNumbers")),
+                    exclude_punctuation=_flag(generate.get("ExcludePunctuation")),
+                    exclude_uppercase=_flag(generate.get("ExcludeUppercase")),
+                    exclude_lowercase=_flag(generate.get("ExcludeLowercase")),
+                    include_space=_flag(generate.get("IncludeSpace")),
+                    require_each_included_type=_flag(generate.get("RequireEachIncludedType", True)),
+                )
+            )["RandomPassword"]
+            if generate.get("SecretStringTemplate") and generate.get("GenerateStringKey"):
+                document = json.loads(generate["SecretStringTemplate"])
+                document[generate["GenerateStringKey"]] = value
+                value = json.dumps(document)
+        created = json.loads(
+            backend.create_secret(
+                name=str(properties.get("Name") or resource_name),
+                secret_string=value,
+                secret_binary=None,
+                description=properties.get("Description"),
+                tags=properties.get("Tags"),
+                kms_key_id=properties.get("KmsKeyId"),
+                client_request_token=None,
+                replica_regions=[],
+                force_overwrite=False,
+            )
+        )
+        return cls(created["ARN"])
+
+    @classmethod
+    def delete_from_cloudformation_json(
+        cls, resource_name: str, cloudformation_json: Any, account_id: str, region_name: str
+    ) -> None:
+        return None  # leaving the door resets moto's backends
+
+
+def _flag(value: Any) -> bool:
+    return str(value).lower() == "true" if isinstance(value, str) else bool(value)
+
+
+def _secrets_in_cloudformation() -> list[Patch]:
+    import moto.cloudformation.parsing as parsing
+
+    original = parsing.resource_class_from_type
+
+    def resource_class_from_type(resource_type: str) -> Any:
+        if resource_type == "AWS::SecretsManager::Secret":
+            return _CloudFormationSecret
+        return original(resource_type)
+
+    return [(parsing, "resource_class_from_type", resource_class_from_type)]
 
 
 STATUS_CHANGE_DETAIL_TYPE = "Step Functions Execution Status Change"

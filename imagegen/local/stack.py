@@ -34,7 +34,11 @@ import boto3
 
 from imagegen.local.api_gateway import ApiLimits, LocalApiGateway, LocalApiServer
 from imagegen.local.deploy import DeployedStack, deploy_stack
-from imagegen.local.gpu_worker_process import GpuWorkerProcess, WorkerExitedError
+from imagegen.local.gpu_worker_process import (
+    GpuWorkerProcess,
+    WorkerExitedError,
+    progress_environment,
+)
 from imagegen.local.lambda_runtime import DEFAULT_MAX_ENVIRONMENTS, ProcessLambdaRuntime
 from imagegen.local.moto_aws import LocalAws, local_aws
 from imagegen.local.moto_server import ensure_port_free
@@ -47,6 +51,8 @@ DEFAULT_API_PORT = 3000
 GPU_QUEUE_ID = "GpuJobQueue"
 RESULT_QUEUE_ID = "ResultEventsQueue"
 API_FUNCTION_ID = "ApiFunction"
+LOOPBACK_WEBHOOK_FUNCTIONS = (API_FUNCTION_ID, "WebhookDeliveryFunction")
+"""The functions that check webhook URLs (SSRF guard): --allow-loopback-webhooks sets theirs."""
 WORKER_READY_TIMEOUT_S = 600.0
 """A real model can take minutes to load; the tiny one takes seconds."""
 
@@ -80,6 +86,9 @@ class LocalStackOptions:
     """Execution environments per function at most; further invocations wait for one."""
     api_limits: ApiLimits = field(default_factory=ApiLimits)
     """API Gateway's body limit and timeouts (shortened in tests)."""
+    allow_loopback_webhooks: bool = False
+    """WEBHOOK_ALLOW_LOOPBACK=true for the API and webhook delivery functions: webhooks to
+    127.0.0.1 (plain http allowed there) for local receivers. Never in a template."""
     stack_name: str = "imagegen-local"
     region: str = "us-east-1"
 
@@ -223,6 +232,11 @@ class LocalStack:
             {**options.function_environment, **environment},
             max_environments=options.function_concurrency,
             log=self.say,
+            function_overrides={
+                logical_id: {"WEBHOOK_ALLOW_LOOPBACK": "true"}
+                for logical_id in LOOPBACK_WEBHOOK_FUNCTIONS
+                if options.allow_loopback_webhooks
+            },
         )
         self.stack = deploy_stack(
             options.template,
@@ -301,6 +315,8 @@ class LocalStack:
                 "BATCH_WAIT_MS": "0",
                 "WARMUP": "false",
                 "PYTHONUNBUFFERED": "1",
+                # Its progress events go where the functions' events go.
+                **progress_environment(f.environment for f in self.stack.functions.values()),
             }
         )
         environment.update(self.options.worker_environment)

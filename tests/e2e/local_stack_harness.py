@@ -116,7 +116,8 @@ class Harness:
 
 def local_stack(parameters: dict[str, str] | None = None, **options: Any) -> Iterator[Harness]:
     settings = LocalStackOptions(
-        api_port=0, bedrock="fake", parameters={**PARAMETERS, **(parameters or {})}, **options
+        **{"api_port": 0, "bedrock": "fake", **options},
+        parameters={**PARAMETERS, **(parameters or {})},
     )
     lines: list[str] = []
     with LocalStack(settings, say=lines.append) as stack:

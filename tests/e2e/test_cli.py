@@ -325,6 +325,20 @@ def _reports_the_ending(code: int, result: Any, stack: DeployedStack) -> None:
     assert result is None or result["detail_type"] == "Image Generation Cancelled"
 
 
+def _supersedes_the_progress(code: int, result: Any, stack: DeployedStack) -> None:
+    # The sample's job is the one started above; the sample's progress is older ("at" in 2026-11-25)
+    # than the record the POST created, and the job has ended: the table keeps what it has.
+    assert code == 0
+    assert result == {"execution_id": SAMPLE_JOB_ID, "stage": "generating", "applied": False}
+
+
+def _delivers_to_no_target(code: int, result: Any, stack: DeployedStack) -> None:
+    # The sample's job is none of this stack's and the stack has no WebhookUrl: nothing to POST,
+    # the message is consumed.
+    assert code == 0
+    assert result == {"batchItemFailures": []}
+
+
 def _summarises(metric: str) -> Check:
     def check(code: int, result: Any, stack: DeployedStack) -> None:
         assert code == 0
@@ -344,6 +358,8 @@ RUNS: list[tuple[str, Check]] = [
     ("api_get_generate.json", _api(200)),
     ("api_delete_generate.json", _api(202, 409)),  # 409 once it has ended
     ("report_job_ending.json", _reports_the_ending),
+    ("record_job_progress.json", _supersedes_the_progress),
+    ("webhook_delivery.json", _delivers_to_no_target),
     ("validate_prompt.json", _plans_the_job),
     ("validate_prompt_blocked_term.json", _fails_with("InvalidPromptError")),
     ("generate_with_bedrock.json", _stores_the_png),

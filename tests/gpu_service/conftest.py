@@ -220,8 +220,9 @@ def make_job(
 def worker_for(
     aws: Aws, make_settings: Callable[..., Settings], engine: Engine
 ) -> Callable[..., Worker]:
-    """``worker_for(engine=None, sqs=, s3=, stepfunctions=, **settings)``: a worker on the test
-    queue and bucket (the moto clients unless others are given)."""
+    """``worker_for(engine=None, sqs=, s3=, stepfunctions=, events=, progress_clock=,
+    **settings)``: a worker on the test queue and bucket (the moto clients unless others are
+    given; progress events only with ``event_bus_name=...``)."""
 
     def build(
         engine_override: Engine | None = None,
@@ -229,6 +230,8 @@ def worker_for(
         sqs: Any = None,
         s3: Any = None,
         stepfunctions: Any = None,
+        events: Any = None,
+        progress_clock: Callable[[], float] = time.monotonic,
         **overrides: Any,
     ) -> Worker:
         values: dict[str, Any] = {
@@ -246,6 +249,8 @@ def worker_for(
             sqs=sqs or aws.sqs,
             s3=s3 or aws.s3,
             stepfunctions=stepfunctions or aws.sfn,
+            events=events,
+            progress_clock=progress_clock,
         )
 
     return build

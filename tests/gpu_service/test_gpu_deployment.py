@@ -186,3 +186,27 @@ def test_every_object_is_in_the_namespace_and_every_pod_under_a_network_policy()
         assert any(selector.items() <= labels.items() for selector in selected), deployment
     image = kustomization["images"][0]
     assert re.fullmatch(r"sha256:\S+", image["digest"])  # pods run the image that was tested
+
+
+def test_the_ecs_worker_may_put_progress_on_the_bus_it_is_given() -> None:
+    from samtranslator.yaml_helper import yaml_parse
+
+    template = yaml_parse((GPU_SERVICE / "ecs" / "template.yaml").read_text())
+    statements = template["Resources"]["GpuTaskRole"]["Properties"]["Policies"][0][
+        "PolicyDocument"
+    ]["Statement"]
+    [progress] = [s for s in statements if isinstance(s, dict) and "Fn::If" in s]
+    condition, statement, otherwise = progress["Fn::If"]
+    assert condition == "ReportsProgress"
+    assert (statement["Action"], statement["Resource"]) == (
+        "events:PutEvents",
+        {"Ref": "EventBusArn"},
+    )
+    assert otherwise == {"Ref": "AWS::NoValue"}
+    [container] = template["Resources"]["GpuTaskDefinition"]["Properties"]["ContainerDefinitions"]
+    environment = {item["Name"]: item["Value"] for item in container["Environment"]}
+    assert environment["EVENT_BUS_NAME"] == {"Ref": "EventBusName"}
+    assert environment["EVENT_SOURCE"] == {"Ref": "EventSource"}
+    assert {"EVENT_BUS_NAME", "EVENT_SOURCE", "PROGRESS_REPORTING"} <= set(
+        _documents()["ConfigMap/imagegen-gpu"]["data"]
+    )

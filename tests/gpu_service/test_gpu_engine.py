@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gpu_service.engine import Engine, ImageSpec, plan_batches
+from gpu_service.engine import DenoisingStep, Engine, ImageSpec, plan_batches
 from gpu_service.settings import Settings
 from gpu_service.tiny_model import SD15_ARCHITECTURE, build_random_pipeline, ensure_tiny_model
 
@@ -125,3 +125,28 @@ def test_plan_batches_groups_compatible_items_in_order_up_to_max() -> None:
     items = [("a", 1), ("b", 2), ("a", 3), ("a", 4), ("b", 5), ("a", 6)]
     batches = plan_batches(items, key=lambda item: item[0], max_batch=2)
     assert batches == [[("a", 1), ("a", 3)], [("a", 4), ("a", 6)], [("b", 2), ("b", 5)]]
+
+
+def test_an_observer_sees_every_denoising_step_of_a_call(engine: Engine) -> None:
+    seen: list[DenoisingStep] = []
+    engine.generate([_spec(1), _spec(2)], on_step=seen.append)
+    assert seen == [DenoisingStep(1, 2), DenoisingStep(2, 2)]
+
+
+def test_an_observer_that_raises_does_not_break_generation(
+    engine: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    calls: list[DenoisingStep] = []
+
+    def broken(step: DenoisingStep) -> None:
+        calls.append(step)
+        raise RuntimeError("observer broke (test)")
+
+    observed = engine.generate([_spec(7), _spec(8)], on_step=broken)
+    plain = engine.generate([_spec(7), _spec(8)])
+    assert len(calls) == 2  # called at every step, although it raised at the first
+    assert all(  # the same images as without an observer
+        np.array_equal(np.asarray(_decode(a)), np.asarray(_decode(b)))
+        for a, b in zip(observed, plain, strict=True)
+    )
+    assert caplog.text.count("a step observer failed") == 1

@@ -19,6 +19,7 @@ from moto import mock_aws
 
 from imagegen_common.models import ErrorResponse
 from tests.conftest import REPO_ROOT, import_function, load_event
+from tests.jobs_table import create_jobs_table
 
 PASS_DEFINITION = json.dumps({"StartAt": "Wait", "States": {"Wait": {"Type": "Pass", "End": True}}})
 
@@ -35,6 +36,7 @@ def api(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         boto3.client("s3").create_bucket(Bucket="images")
         monkeypatch.setenv("STATE_MACHINE_ARN", machine["stateMachineArn"])
         monkeypatch.setenv("IMAGES_BUCKET", "images")
+        monkeypatch.setenv("JOBS_TABLE_NAME", create_jobs_table())
         yield import_function("api")
 
 

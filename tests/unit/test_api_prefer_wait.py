@@ -19,6 +19,7 @@ from moto import mock_aws
 
 from imagegen_common.models import ImageGeneratedDetail, Parameters, SignedImage
 from tests.conftest import FakeLambdaContext, import_function
+from tests.jobs_table import create_jobs_table
 from tests.unit.test_api import post_event, respond
 
 BUCKET = "images"
@@ -70,6 +71,7 @@ def api(monkeypatch: pytest.MonkeyPatch, machine_kind: str) -> Iterator[Any]:
         boto3.client("s3").create_bucket(Bucket=BUCKET)
         monkeypatch.setenv("STATE_MACHINE_ARN", machine["stateMachineArn"])
         monkeypatch.setenv("IMAGES_BUCKET", BUCKET)
+        monkeypatch.setenv("JOBS_TABLE_NAME", create_jobs_table())
         yield import_function("api")
 
 

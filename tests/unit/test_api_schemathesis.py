@@ -14,6 +14,7 @@ import json
 import re
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
+from urllib.parse import parse_qs
 
 import boto3
 import pytest
@@ -29,6 +30,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests.conftest import FakeLambdaContext, import_function, load_event
+from tests.jobs_table import create_jobs_table
 
 PASS_DEFINITION = json.dumps({"StartAt": "Wait", "States": {"Wait": {"Type": "Pass", "End": True}}})
 CHECKS = [
@@ -80,6 +82,11 @@ class ProxyEventApp:
         except UnicodeDecodeError:
             body, is_base64 = base64.b64encode(raw).decode(), True
         resource, parameters = self.route_of(path)
+        query = parse_qs(environ.get("QUERY_STRING") or "", keep_blank_values=True)
+        event.update(
+            queryStringParameters={name: values[-1] for name, values in query.items()} or None,
+            multiValueQueryStringParameters=query or None,
+        )
         event.update(
             resource=resource,
             path=path,
@@ -116,6 +123,7 @@ def api_schema(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
         monkeypatch.setenv("IMAGES_BUCKET", "images")
         monkeypatch.setenv("GPU_QUEUE_URL", queue_url)
         monkeypatch.setenv("GPU_MAX_BACKLOG", "1")  # every GPU job gets 429: that path too
+        monkeypatch.setenv("JOBS_TABLE_NAME", create_jobs_table())
         api = import_function("api")
         yield schemathesis.openapi.from_wsgi("/openapi.json", ProxyEventApp(api.lambda_handler))
 
@@ -125,6 +133,7 @@ def api_schema(monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     ("method", "path"),
     [
         ("POST", "/generate"),
+        ("GET", "/generate"),
         ("GET", "/generate/{execution_id}"),
         ("DELETE", "/generate/{execution_id}"),
     ],
@@ -153,6 +162,7 @@ def test_operations_under_test_are_all_the_documented_ones(api_schema: Any) -> N
     documented = {(op.ok().method.upper(), op.ok().path) for op in api_schema.get_all_operations()}
     assert documented == {
         ("POST", "/generate"),
+        ("GET", "/generate"),
         ("GET", "/generate/{execution_id}"),
         ("DELETE", "/generate/{execution_id}"),
     }

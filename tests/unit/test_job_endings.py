@@ -72,6 +72,7 @@ def put_events_succeeded() -> dict[str, Any]:
 @pytest.fixture
 def report_job_ending(monkeypatch: pytest.MonkeyPatch) -> Any:
     monkeypatch.setenv("EVENT_BUS_NAME", "imagegen-bus")
+    monkeypatch.setenv("JOBS_TABLE_NAME", "imagegen-jobs")
     return import_function("report_job_ending")
 
 

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import inspect
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,7 @@ from moto import mock_aws
 from imagegen.local.fake_bedrock import FakeBedrock
 from imagegen_common.png import png_size
 from tests.conftest import EVENTS_DIR, import_function, load_event
+from tests.jobs_table import create_jobs_table
 
 BUCKET = "imagegen-images-123456789012"
 PASS_DEFINITION = json.dumps({"StartAt": "Done", "States": {"Done": {"Type": "Pass", "End": True}}})
@@ -43,6 +46,13 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeBedrock]:
         monkeypatch.setenv("EVENT_BUS_NAME", "imagegen-bus")
         monkeypatch.setenv("STATE_MACHINE_ARN", machine["stateMachineArn"])
         monkeypatch.setenv("BLOCKED_PROMPT_TERMS", "forbidden-thing")
+        monkeypatch.setenv("JOBS_TABLE_NAME", create_jobs_table())
+        secret = boto3.client("secretsmanager").create_secret(
+            Name="imagegen-webhook-signing", SecretString="whsec_" + "A" * 32
+        )
+        monkeypatch.setenv("WEBHOOK_SECRET_ARN", secret["ARN"])
+        queue = boto3.client("sqs").create_queue(QueueName="imagegen-webhook-delivery")
+        monkeypatch.setenv("WEBHOOK_DELIVERY_QUEUE_URL", queue["QueueUrl"])
         yield bedrock
 
 
@@ -134,6 +144,24 @@ def _reports_cancel(handler: Any, event: dict[str, Any], context: Any) -> None:
     assert published["detail"]["owner"] == "apikey:k1a2b3c4d5"
 
 
+def _records_progress(handler: Any, event: dict[str, Any], context: Any) -> None:
+    # No such job in a fresh table: the event is read and changes nothing (it creates no job).
+    assert handler(event, context)["applied"] is False
+    table = boto3.client("dynamodb").scan(TableName=os.environ["JOBS_TABLE_NAME"])
+    assert table["Count"] == 0
+
+
+def _delivers_webhooks(handler: Any, event: dict[str, Any], context: Any) -> None:
+    # The sample's job is not in a fresh table and no WebhookUrl is set: no target, so the
+    # message is consumed and nothing is POSTed or put back for a retry.
+    deliverer = inspect.unwrap(handler).__globals__["deliverer"]
+    calls: list[str] = []
+    deliverer.post = lambda *args: calls.append("post")
+    deliverer.set_visibility = lambda *args: calls.append("set_visibility")
+    assert handler(event, context) == {"batchItemFailures": []}
+    assert calls == []
+
+
 def _summarises(metric: str) -> Any:
     def check(handler: Any, event: dict[str, Any], context: Any) -> None:
         assert handler(event, context)["metric_name"] == metric
@@ -157,6 +185,8 @@ EXPECTATIONS: dict[str, Any] = {
     "describe_failure_gpu_timeout.json": _describes("TIMEOUT"),
     "fail_lost_gpu_jobs.json": _fails_lost_jobs,
     "report_job_ending.json": _reports_cancel,
+    "record_job_progress.json": _records_progress,
+    "webhook_delivery.json": _delivers_webhooks,
     "image_events_subscriber.json": _summarises("ImagesDelivered"),
     "image_events_subscriber_failed.json": _summarises("FailuresDelivered"),
     "image_events_subscriber_cancelled.json": _summarises("CancellationsDelivered"),

@@ -138,11 +138,17 @@ def test_common_layer_is_built_for_lambda_platform() -> None:
     assert globals_function["Architectures"] == ["arm64"]
 
 
+LOCAL_STACK_ONLY_SETTINGS = {"WEBHOOK_ALLOW_LOOPBACK"}
+"""Settings a deployment never sets: only the local stack (imagegen/local) does."""
+
+
 def test_globals_environment_covers_every_setting() -> None:
     variables = set(template()["Globals"]["Function"]["Environment"]["Variables"])
     variables |= set(resources()["ApiFunction"]["Properties"]["Environment"]["Variables"])
     settings = {field.upper() for field in ApiSettings.model_fields}
+    settings -= LOCAL_STACK_ONLY_SETTINGS
     assert not settings - variables, f"settings no function receives: {settings - variables}"
+    assert not LOCAL_STACK_ONLY_SETTINGS & variables, "a local-only setting is in the template"
 
 
 # --- Least privilege -----------------------------------------------------------------------
@@ -219,6 +225,15 @@ def test_state_machine_invokes_only_workflow_functions() -> None:
 # --- API, bucket, events -------------------------------------------------------------------
 
 
+# Public on purpose: Swagger UI (a browser's link cannot send a key) and the CORS preflights
+# (browsers send them without credentials). Everything else needs the chosen auth.
+PUBLIC_ROUTES = {
+    ("/docs", "get"),
+    ("/generate", "options"),
+    ("/generate/{execution_id}", "options"),
+}
+
+
 def test_every_api_method_requires_the_chosen_auth() -> None:
     api = resources()["ImageGenApi"]["Properties"]
     expected = {"Fn::If": ["UseIam", [{"AWS_IAM": []}], [{"api_key": []}]]}
@@ -226,8 +241,12 @@ def test_every_api_method_requires_the_chosen_auth() -> None:
         (event["Properties"]["Path"], event["Properties"]["Method"])
         for event in resources()["ApiFunction"]["Properties"]["Events"].values()
     }
+    assert routes >= PUBLIC_ROUTES
     paths = api["DefinitionBody"]["paths"]
-    assert {(path, method) for path, item in paths.items() for method in item} == routes
+    # A route the body does not declare gets no security: only the public ones may be missing.
+    assert {(path, method) for path, item in paths.items() for method in item} == (
+        routes - PUBLIC_ROUTES
+    )
     for item in paths.values():
         for operation in item.values():
             assert operation["security"] == expected

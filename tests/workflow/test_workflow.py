@@ -383,7 +383,7 @@ def test_unavailable_model_without_fallback_fails_with_its_code(workflow: Workfl
 
 def test_cancel_of_a_queued_gpu_job_ends_it_with_one_cancelled_event(workflow: Workflow) -> None:
     execution_id = workflow.submit({"prompt": "a slow job", "backend": "gpu"})
-    wait_for_stage(workflow, execution_id, "generating")  # waits on a queue nobody serves
+    wait_for_gpu_queue(workflow, execution_id)  # waits on a queue nobody serves
 
     status_code, body = workflow.status(execution_id, method="DELETE")
     assert status_code == 202, body
@@ -400,7 +400,7 @@ def test_cancel_of_a_queued_gpu_job_ends_it_with_one_cancelled_event(workflow: W
 
 def test_an_execution_stopped_outside_the_api_still_gets_its_one_event(workflow: Workflow) -> None:
     execution_id = workflow.submit({"prompt": "stopped from the console", "backend": "gpu"})
-    wait_for_stage(workflow, execution_id, "generating")
+    wait_for_gpu_queue(workflow, execution_id)
 
     workflow.sfn.stop_execution(executionArn=workflow.execution_arn(execution_id))
 
@@ -472,25 +472,25 @@ def test_the_gpu_state_has_a_deadline_and_no_heartbeat_timeout() -> None:
 def test_status_reports_the_stage_while_running(workflow: Workflow) -> None:
     execution_id = workflow.submit({"prompt": "a job waiting for a GPU", "backend": "gpu"})
 
-    stages = []
+    positions = []
     deadline = time.monotonic() + 20
-    while time.monotonic() < deadline and "generating" not in stages:
+    while time.monotonic() < deadline and 0 not in positions:
         _, status = workflow.status(execution_id)
         assert status["status"] == "RUNNING"  # nobody serves the GPU queue yet
-        stages.append(status["stage"])
+        assert status["stage"] == "queued", status  # from submit until a worker takes it
+        positions.append(status["queue_position"])
         time.sleep(0.05)
-    assert stages[-1] == "generating"
-    assert set(stages) <= {"starting", "validating", "generating"}, stages
+    assert positions[-1] == 0  # in the GPU queue (once validated), nobody ahead
+    assert set(positions) <= {None, 0}, positions
     workflow.serve_gpu_queue("succeed")
     assert workflow.wait(execution_id)["status"] == "SUCCEEDED"
 
 
-def wait_for_stage(
-    workflow: Workflow, execution_id: str, stage: str, timeout_s: float = 20
-) -> None:
+def wait_for_gpu_queue(workflow: Workflow, execution_id: str, timeout_s: float = 20) -> None:
+    """Until the job waits in the GPU queue (validated and sent there: it has a position)."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        if workflow.status(execution_id)[1]["stage"] == stage:
+        if workflow.status(execution_id)[1].get("queue_position") is not None:
             return
         time.sleep(0.05)
-    raise AssertionError(f"{execution_id} never reached stage {stage!r}")
+    raise AssertionError(f"{execution_id} never reached the GPU queue")

@@ -12,13 +12,24 @@ from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Final, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    StringConstraints,
+    UrlConstraints,
+    field_validator,
+    model_validator,
+)
 
 SCHEMA_VERSION: Final = "1.0"
 """Version of an event ``detail`` whose shape is as first published. Bump the minor part when
 optional fields are added (a 1.0 consumer ignores them), the major part for a breaking change."""
 COST_SCHEMA_VERSION: Final = "1.1"
 """Version of the details that carry ``cost`` (Image Generated, Image Generation Failed)."""
+PROGRESS_SCHEMA_VERSION: Final = "1.0"
+"""Version of "Image Generation Progress" details (first published with schema 1.1 results)."""
 
 MAX_PROMPT_CHARS = 1000
 MAX_IMAGES_PER_JOB = 4
@@ -79,6 +90,81 @@ class ErrorCode(StrEnum):
     GATEWAY_TIMEOUT = "GATEWAY_TIMEOUT"
 
 
+class Stage(StrEnum):
+    """Where a job is: ``GET /generate/{id}``, the job list and progress events report it.
+
+    A GPU job goes queued (with its ``queue_position``), generating (``progress`` in denoising
+    steps), storing, signing, publishing; a Bedrock job goes validating, generating
+    (``progress`` in images, each image's outcome as it arrives), signing, publishing. Every job
+    ends in one of the terminal stages, which follow its status.
+    """
+
+    QUEUED = "queued"
+    VALIDATING = "validating"
+    GENERATING = "generating"
+    STORING = "storing"
+    SIGNING = "signing"
+    PUBLISHING = "publishing"
+    FAILING = "failing"
+    # Terminal: one per ending.
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+
+
+TERMINAL_STAGE_BY_STATUS: Final[dict[ExecutionStatus, Stage]] = {
+    ExecutionStatus.SUCCEEDED: Stage.SUCCEEDED,
+    ExecutionStatus.FAILED: Stage.FAILED,
+    ExecutionStatus.TIMED_OUT: Stage.TIMED_OUT,
+    ExecutionStatus.ABORTED: Stage.CANCELLED,
+}
+
+
+class Progress(BaseModel):
+    """How far a generating job is. GPU: denoising steps; Bedrock: images finished."""
+
+    step: int = Field(ge=0, description="Steps (or images) done so far.")
+    steps: int = Field(ge=1, description="Steps (or images) in all.")
+    percent: float = Field(ge=0, le=100, description="Of the whole job, all images included.")
+    unit: Literal["steps", "images"] = Field(description="What step and steps count.")
+    eta_seconds: float | None = Field(
+        default=None, ge=0, description="Estimated seconds to the end of generation."
+    )
+
+
+class WebhookEvent(StrEnum):
+    """What a per-request webhook is sent: the one terminal event, and/or throttled progress."""
+
+    COMPLETED = "completed"
+    PROGRESS = "progress"
+
+
+WebhookUrl = Annotated[HttpUrl, UrlConstraints(max_length=2048)]
+
+
+class WebhookRequest(BaseModel):
+    """``webhook`` of ``POST /generate``: where to POST this job's events, signed (Standard
+    Webhooks). The URL is checked again at delivery; private addresses are refused."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: WebhookUrl = Field(description="https URL that receives the deliveries.")
+    events: list[WebhookEvent] = Field(
+        default_factory=lambda: [WebhookEvent.COMPLETED],
+        min_length=1,
+        max_length=len(WebhookEvent),
+        description="Which deliveries to send: completed (the terminal event), progress.",
+    )
+
+    @field_validator("events")
+    @classmethod
+    def _no_repeats(cls, events: list[WebhookEvent]) -> list[WebhookEvent]:
+        if len(set(events)) != len(events):
+            raise ValueError("events must not repeat")
+        return events
+
+
 Prompt = Annotated[
     str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_PROMPT_CHARS)
 ]
@@ -107,6 +193,9 @@ class GenerateRequest(BaseModel):
     backend: Backend | None = Field(default=None, description="bedrock or gpu.")
     model_id: str | None = Field(
         default=None, description="A Bedrock model id from the deployment's allow-list."
+    )
+    webhook: WebhookRequest | None = Field(
+        default=None, description="Where to POST this job's signed events."
     )
 
     @model_validator(mode="after")
@@ -251,6 +340,7 @@ class GpuJobMessage(BaseModel):
 IMAGE_GENERATED = "Image Generated"
 IMAGE_GENERATION_FAILED = "Image Generation Failed"
 IMAGE_GENERATION_CANCELLED = "Image Generation Cancelled"
+IMAGE_GENERATION_PROGRESS = "Image Generation Progress"
 
 
 class Parameters(BaseModel):
@@ -329,6 +419,21 @@ class ImageGenerationCancelledDetail(_EventDetail):
     cancelled_at: datetime
 
 
+class ImageGenerationProgressDetail(_EventDetail):
+    """``detail`` of "Image Generation Progress": a job moved on. Not a result: a job has any
+    number of these (at most about one a second while generating) and then one result event."""
+
+    schema_version: Literal["1.0"] = PROGRESS_SCHEMA_VERSION
+    stage: Stage
+    backend: Backend | None = None
+    progress: Progress | None = None
+    image: ImageOutcome | None = Field(
+        default=None,
+        description="An image that has just been stored or has failed (no URL: GET signs it).",
+    )
+    at: datetime = Field(description="When the job was there; later details supersede earlier.")
+
+
 RESULT_EVENT_DETAILS: Final[dict[str, type[_EventDetail]]] = {
     IMAGE_GENERATED: ImageGeneratedDetail,
     IMAGE_GENERATION_FAILED: ImageGenerationFailedDetail,
@@ -359,14 +464,47 @@ class JobStatus(BaseModel):
 
     execution_id: str
     status: ExecutionStatus
-    stage: str | None = Field(
-        default=None, description="While RUNNING: the workflow step, e.g. 'generating'."
+    stage: Stage | None = Field(default=None, description="Where the job is (see Stage).")
+    backend: Backend | None = None
+    queue_position: int | None = Field(
+        default=None, ge=0, description="While queued for the GPU: jobs ahead of this one."
     )
-    images: list[ImageView] = Field(default_factory=list)
+    progress: Progress | None = None
+    submitted_at: datetime | None = None
+    started_at: datetime | None = Field(
+        default=None, description="When generation started (left the queue)."
+    )
+    updated_at: datetime | None = None
+    images: list[ImageView] = Field(
+        default_factory=list, description="The images made so far; all of them once SUCCEEDED."
+    )
     failed_images: list[FailedImage] = Field(default_factory=list)
     error: ErrorInfo | None = None
     cost: Cost | None = Field(
         default=None,
         description="What the job cost, once it has ended (as its result event says); null "
         "while it runs and for a cancelled job, whose spend is not recorded.",
+    )
+
+
+class JobSummary(BaseModel):
+    """One job of ``GET /generate``: what it asked for and where it is (no image URLs)."""
+
+    execution_id: str
+    status: ExecutionStatus
+    stage: Stage | None = None
+    backend: Backend | None = None
+    prompt: str
+    num_images: int
+    submitted_at: datetime
+    updated_at: datetime | None = None
+    cost: Cost | None = None
+
+
+class JobPage(BaseModel):
+    """Body of ``GET /generate``: the caller's own jobs, newest first."""
+
+    jobs: list[JobSummary]
+    next_token: str | None = Field(
+        default=None, description="Pass as next_token for the next page; null on the last."
     )

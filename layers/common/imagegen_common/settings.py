@@ -97,10 +97,29 @@ class EventsSettings(BaseSettings):
     event_source: str = "imagegen"
 
 
-class ApiSettings(GenerationSettings):
-    """The API function: what a job may ask for, the state machine it starts, GPU backpressure."""
+class JobsSettings(BaseSettings):
+    """The table of jobs (one item per job: owner, stage, progress, webhook; see job_records)."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore")
+
+    jobs_table_name: str
+    job_record_retention_days: int = Field(
+        default=30,
+        ge=1,
+        description="Days a job's item is kept after its last change (DynamoDB TTL, expires_at).",
+    )
+
+
+class ApiSettings(GenerationSettings, JobsSettings):
+    """The API function: what a job may ask for, the state machine it starts, GPU backpressure,
+    the jobs table it records and lists jobs in."""
 
     state_machine_arn: str
+    webhook_allow_loopback: bool = Field(
+        default=False,
+        description="Accept webhook URLs on loopback (http allowed there). Only the local stack "
+        "sets it (WEBHOOK_ALLOW_LOOPBACK); a deployment never does.",
+    )
     gpu_queue_url: str | None = Field(
         default=None, description="The GPU job queue, whose backlog POST /generate checks."
     )
@@ -112,3 +131,68 @@ class ApiSettings(GenerationSettings):
     gpu_backlog_retry_after_seconds: int = Field(
         default=30, ge=1, description="Retry-After of a 429 for a full GPU backlog."
     )
+    cors_allowed_origins: CsvList = Field(
+        default_factory=list,
+        description="Origins (scheme://host[:port]) whose pages may call the API "
+        "(CorsAllowedOrigins); empty: no CORS headers.",
+    )
+
+    @field_validator("cors_allowed_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        # A browser's Origin header never ends with "/": "https://x.example/" would never match.
+        split = _split_csv(value)
+        return [str(o).rstrip("/") for o in split] if isinstance(split, list) else split
+
+
+class WebhookDeliverySettings(JobsSettings):
+    """WebhookDeliveryFunction: where to POST a job's events, how to sign them, when to retry."""
+
+    webhook_secret_arn: str = Field(description="The signing secret (Secrets Manager, whsec_).")
+    webhook_delivery_queue_url: str = Field(
+        description="WebhookDeliveryQueue, whose messages' visibility sets the retry delay."
+    )
+    webhook_url: str = Field(
+        default="",
+        description="Stack-wide default target (WebhookUrl) for jobs that name no webhook: "
+        "their completed events go there; empty: none.",
+    )
+    webhook_allow_loopback: bool = Field(
+        default=False,
+        description="Deliver to loopback (http allowed there). Only the local stack sets it.",
+    )
+    webhook_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=15, description="Connect and response deadline of one POST."
+    )
+    webhook_retry_schedule_seconds: Annotated[list[float], NoDecode] = Field(
+        default_factory=lambda: [5.0, 300.0, 1800.0, 7200.0, 18000.0, 36000.0, 36000.0],
+        min_length=1,
+        description="The cap of each retry's delay (full jitter draws in [0, cap]); the last "
+        "repeats (WebhookRetryScheduleSeconds, Standard Webhooks' schedule by default).",
+    )
+    webhook_delivery_attempts: int = Field(
+        default=8,
+        ge=1,
+        description="Attempts in all, the queue's maxReceiveCount (WebhookDeliveryAttempts).",
+    )
+    webhook_secret_overlap_seconds: int = Field(
+        default=86_400,
+        ge=0,
+        description="After a rotation, deliveries are signed with the previous key too for this "
+        "long, so receivers can switch keys without losing a delivery.",
+    )
+    webhook_secret_cache_seconds: float = Field(
+        default=60.0, ge=0, description="How long an execution environment reuses the keys."
+    )
+
+    @field_validator("webhook_retry_schedule_seconds", mode="before")
+    @classmethod
+    def _split_schedule(cls, value: object) -> object:
+        return _split_csv(value)
+
+    @field_validator("webhook_retry_schedule_seconds")
+    @classmethod
+    def _non_negative(cls, value: list[float]) -> list[float]:
+        if any(step < 0 for step in value):
+            raise ValueError("retry delays must not be negative")
+        return value

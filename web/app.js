@@ -1,0 +1,420 @@
+// imagegen playground: submit a job, watch it, see its images. No framework, no build step.
+// The API: POST /generate, GET /generate/{id}, DELETE /generate/{id}, GET /generate (job list).
+// Fields a deployment's API does not send yet (progress, the job list) are simply not shown.
+"use strict";
+
+const $ = (id) => document.getElementById(id);
+const config = window.IMAGEGEN_CONFIG || {};
+const TERMINAL = new Set(["SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"]);
+const POLL_MS = 700;
+const STAGES = {
+  queued: "Queued", validating: "Validating the request", generating: "Generating",
+  storing: "Storing images", signing: "Signing image URLs", publishing: "Publishing the result",
+  failing: "Failing", succeeded: "Succeeded", failed: "Failed", timed_out: "Timed out",
+  cancelled: "Cancelled",
+};
+const STATUS_STAGE = { RUNNING: "Running", SUCCEEDED: "succeeded", FAILED: "failed",
+  TIMED_OUT: "timed_out", ABORTED: "cancelled" };
+// An API field path -> the input it belongs to (the error paragraph says data-error-for).
+const INPUT_FOR_FIELD = { prompt: "prompt", negative_prompt: "negative-prompt", backend: "backend",
+  model_id: "model", width: "size", height: "size", size: "size", seed: "seed",
+  num_images: "num-images", "x-api-key": "api-key", api_url: "api-url" };
+
+// --- Settings: kept in this browser only -------------------------------------------------
+const store = {
+  get(name) { try { return localStorage.getItem("imagegen." + name) || ""; } catch { return ""; } },
+  set(name, value) {
+    try { value ? localStorage.setItem("imagegen." + name, value) : localStorage.removeItem("imagegen." + name); } catch { /* private mode: this session only */ }
+  },
+};
+
+function apiBase() {
+  const base = store.get("apiUrl") || config.apiUrl || "./";
+  return new URL(base, location.href).href.replace(/\/+$/, "");
+}
+
+class ApiFailure extends Error {
+  constructor(status, error, retryAfter) {
+    super(error.message);
+    this.status = status;
+    this.error = error;
+    this.retryAfter = retryAfter;
+  }
+}
+
+async function api(method, path, body) {
+  const headers = { Accept: "application/json" };
+  if (body !== undefined) headers["Content-Type"] = "application/json";
+  const key = store.get("apiKey");
+  if (key) headers["x-api-key"] = key;
+  let response;
+  try {
+    response = await fetch(apiBase() + path, {
+      method, headers, body: body === undefined ? undefined : JSON.stringify(body), cache: "no-store",
+    });
+  } catch (error) {
+    throw new ApiFailure(0, { code: "NETWORK", message: `The API at ${apiBase()} did not answer ` +
+      `(${error.message}). Check the API URL; a page on another origin also needs that origin ` +
+      "in the stack's CorsAllowedOrigins." });
+  }
+  let data = null;
+  try { data = await response.json(); } catch { /* not JSON: described below */ }
+  if (!response.ok) {
+    const error = (data && data.error) || { code: `HTTP_${response.status}`,
+      message: (data && data.message) || `${response.status} ${response.statusText}` };
+    throw new ApiFailure(response.status, error, Number(response.headers.get("Retry-After")) || 0);
+  }
+  return { status: response.status, data };
+}
+
+// --- Errors next to their fields ----------------------------------------------------------
+function clearErrors() {
+  for (const p of document.querySelectorAll(".error")) { p.hidden = true; p.textContent = ""; }
+  for (const input of document.querySelectorAll("[aria-invalid]")) input.removeAttribute("aria-invalid");
+}
+
+function errorSlot(field) {
+  return [...document.querySelectorAll("[data-error-for]")]
+    .find((p) => p.dataset.errorFor.split(" ").includes(field));
+}
+
+function say(slot, text) {
+  slot.textContent = slot.hidden ? text : `${slot.textContent} ${text}`;
+  slot.hidden = false;
+}
+
+function showApiError(failure, fallbackSlot) {
+  const { error, status } = failure;
+  let first = null;
+  for (const field of error.fields || []) {
+    const slot = errorSlot(field.field);
+    if (!slot) { say(fallbackSlot, `${field.field}: ${field.message}`); continue; }
+    say(slot, `${field.message} (${field.rule})`);
+    const input = $(INPUT_FOR_FIELD[field.field]);
+    if (input) { input.setAttribute("aria-invalid", "true"); first = first || input; }
+  }
+  if (!error.fields || !error.fields.length) {
+    if (status === 401 || status === 403) {
+      $("settings").open = true;
+      say(errorSlot("x-api-key"), `${error.message} (${status} ${error.code})`);
+      $("api-key").setAttribute("aria-invalid", "true");
+    }
+    say(fallbackSlot, `${error.message} (${status ? status + " " : ""}${error.code})`);
+  } else {
+    say(fallbackSlot, error.message);
+  }
+  if (first) first.focus();
+}
+
+// --- Submitting ---------------------------------------------------------------------------
+function requestBody() {
+  const body = { prompt: $("prompt").value };
+  const optional = { negative_prompt: $("negative-prompt").value.trim(), backend: $("backend").value,
+    model_id: $("model").value.trim() };
+  for (const [name, value] of Object.entries(optional)) if (value) body[name] = value;
+  const size = $("size").value.trim();
+  if (size) {
+    const match = /^(\d+)\s*[x×]\s*(\d+)$/i.exec(size);
+    if (!match) return { sizeError: "Write the size as WIDTHxHEIGHT, e.g. 1024x1024." };
+    body.width = Number(match[1]);
+    body.height = Number(match[2]);
+  }
+  for (const [name, id] of [["seed", "seed"], ["num_images", "num-images"]]) {
+    const input = $(id);
+    if (input.value !== "") body[name] = Number(input.value);
+    else if (input.validity.badInput) return { [name]: "Must be a whole number." };
+  }
+  return { body };
+}
+
+async function submit(event) {
+  event.preventDefault();
+  clearErrors();
+  const { body, sizeError, seed, num_images } = requestBody();
+  if (!body) {
+    const [field, message] = sizeError ? ["size", sizeError] : seed ? ["seed", seed] : ["num_images", num_images];
+    say(errorSlot(field), message);
+    $(INPUT_FOR_FIELD[field]).setAttribute("aria-invalid", "true");
+    $(INPUT_FOR_FIELD[field]).focus();
+    return;
+  }
+  const button = $("submit");
+  button.disabled = true;
+  try {
+    const { data } = await api("POST", "/generate", body);
+    remember({ execution_id: data.execution_id, prompt: body.prompt, status: "RUNNING",
+      submitted_at: new Date().toISOString(), num_images: body.num_images || 1 });
+    openJob(data.execution_id, { focus: false });
+  } catch (failure) {
+    if (!(failure instanceof ApiFailure)) throw failure;
+    showApiError(failure, $("form-error"));
+  } finally {
+    button.disabled = false;
+  }
+}
+
+// --- Watching a job -------------------------------------------------------------------------
+let current = null;
+
+function openJob(id, { focus = true } = {}) {
+  if (current) clearTimeout(current.timer);
+  current = { id, startedAt: Date.now(), images: new Set(), ended: false, timer: 0, lastStage: "" };
+  history.replaceState(null, "", "#job=" + encodeURIComponent(id));
+  $("job").hidden = false;
+  $("job-id").textContent = id;
+  $("images").replaceChildren();
+  $("job-error").hidden = true;
+  $("job-cost").textContent = "–";
+  $("job-backend").textContent = "–";
+  $("job-stage").textContent = "Submitted";
+  setProgress(null);
+  $("cancel").hidden = false;
+  $("cancel").disabled = false;
+  if (focus) $("job-title").focus();
+  poll(current);
+}
+
+async function poll(job) {
+  if (job !== current) return;
+  let delay = POLL_MS;
+  try {
+    const { data } = await api("GET", "/generate/" + encodeURIComponent(job.id));
+    if (job !== current) return;
+    render(job, data);
+    if (TERMINAL.has(data.status)) {
+      job.ended = true;
+      job.status = data.status;
+      remember({ execution_id: job.id, status: data.status });
+      loadJobs();
+      return;
+    }
+  } catch (failure) {
+    if (!(failure instanceof ApiFailure)) throw failure;
+    $("job-error").hidden = true;
+    showApiError(failure, $("job-error"));
+    if (failure.status === 404) { job.ended = true; $("cancel").hidden = true; return; }
+    delay = Math.max(failure.retryAfter * 1000, 3000);
+  }
+  job.timer = setTimeout(() => poll(job), delay);
+}
+
+function render(job, data) {
+  const running = data.status === "RUNNING";
+  const stage = data.stage || STATUS_STAGE[data.status] || data.status;
+  let stageText = STAGES[stage] || stage;
+  if (stage === "queued" && data.queue_position != null) {
+    stageText += data.queue_position === 0 ? ": next in line" : `: ${data.queue_position} ahead`;
+  }
+  if (running && job.cancelling) stageText = `Cancelling (${stageText.toLowerCase()})`;
+  if (stageText !== job.lastStage) { $("job-stage").textContent = stageText; job.lastStage = stageText; }
+  setProgress(data.progress, data.status);
+  $("job-backend").textContent = data.backend || "–";
+  if (data.cost) {
+    $("job-cost").textContent = `$${data.cost.usd.toFixed(data.cost.usd < 0.01 ? 6 : 4)}`;
+    $("job-cost").title = data.cost.basis;
+  }
+  if (data.submitted_at) job.startedAt = Date.parse(data.submitted_at);
+  showElapsed(job, running ? Date.now() : Date.parse(data.updated_at || "") || Date.now());
+  $("cancel").hidden = !running;
+  if (data.error) { $("job-error").hidden = false; $("job-error").textContent = `${data.error.code}: ${data.error.message}`; }
+  for (const image of data.images || []) addImage(job, image);
+  for (const failed of data.failed_images || []) addFailedImage(job, failed);
+}
+
+function setProgress(progress, status) {
+  const bar = $("job-progress");
+  const label = $("job-progress-label");
+  if (progress) {
+    bar.value = progress.percent;
+    const unit = progress.unit === "images" ? "image" : "step";
+    let text = `${unit} ${progress.step} of ${progress.steps} (${Math.round(progress.percent)}%)`;
+    if (progress.eta_seconds != null && status === "RUNNING") text += `, about ${Math.ceil(progress.eta_seconds)} s left`;
+    label.textContent = text;
+  } else if (status === "SUCCEEDED") {
+    bar.value = 100;
+    label.textContent = "done";
+  } else if (status && status !== "RUNNING") {
+    bar.value = 0;
+    label.textContent = "";
+  } else {
+    bar.removeAttribute("value"); // indeterminate until the API reports steps
+    label.textContent = "";
+  }
+}
+
+function seedLine(seed) {
+  const caption = document.createElement("figcaption");
+  if (seed == null) return caption;
+  caption.append(`seed ${seed} `);
+  const copy = document.createElement("button");
+  copy.type = "button";
+  copy.className = "copy-seed";
+  copy.textContent = "Copy seed";
+  copy.setAttribute("aria-label", `Copy seed ${seed} into the form`);
+  copy.addEventListener("click", () => copySeed(seed, copy));
+  caption.append(copy);
+  return caption;
+}
+
+function addImage(job, image) {
+  const key = image.url.split("?")[0]; // the URL is re-signed at every read: the object stays
+  if (job.images.has(key)) return;
+  job.images.add(key);
+  const img = document.createElement("img");
+  img.src = image.url;
+  img.width = image.width;
+  img.height = image.height;
+  img.alt = `Generated image, ${image.width}x${image.height}` + (image.seed == null ? "" : `, seed ${image.seed}`);
+  img.decoding = "async";
+  const figure = document.createElement("figure");
+  figure.append(img, seedLine(image.seed));
+  const item = document.createElement("li");
+  item.append(figure);
+  $("images").append(item);
+}
+
+function addFailedImage(job, failed) {
+  const key = "failed:" + failed.index;
+  if (job.images.has(key)) return;
+  job.images.add(key);
+  const filtered = failed.error.code === "CONTENT_FILTERED";
+  const box = document.createElement("div");
+  box.className = "failed-box";
+  box.textContent = filtered ? "Filtered" : "Failed";
+  const reason = document.createElement("p");
+  reason.textContent = `Image ${failed.index + 1}: ${failed.error.code}, ${failed.error.message}`;
+  const figure = document.createElement("figure");
+  figure.className = "failed";
+  figure.append(box, reason, seedLine(failed.seed));
+  const item = document.createElement("li");
+  item.append(figure);
+  $("images").append(item);
+}
+
+async function copySeed(seed, button) {
+  $("seed").value = String(seed);
+  let copied = false;
+  try { await navigator.clipboard.writeText(String(seed)); copied = true; } catch { /* no permission: the form has it */ }
+  button.textContent = copied ? "Copied" : "In the form";
+  setTimeout(() => { button.textContent = "Copy seed"; }, 1500);
+}
+
+async function cancel() {
+  if (!current) return;
+  const job = current;
+  const button = $("cancel");
+  button.disabled = true;
+  try {
+    await api("DELETE", "/generate/" + encodeURIComponent(job.id));
+    job.cancelling = true; // shown from the next read on, until the job has ended
+  } catch (failure) {
+    if (!(failure instanceof ApiFailure)) throw failure;
+    showApiError(failure, $("job-error"));
+    button.disabled = false;
+  }
+}
+
+function showElapsed(job, now) {
+  $("job-elapsed").textContent = `${Math.max(0, (now - job.startedAt) / 1000).toFixed(1)} s`;
+}
+
+setInterval(() => { if (current && !current.ended) showElapsed(current, Date.now()); }, 1000);
+
+// --- Recent jobs: GET /generate, else the ones this browser submitted ----------------------
+function localJobs() {
+  try { return JSON.parse(store.get("jobs") || "[]"); } catch { return []; }
+}
+
+function remember(job) {
+  const jobs = localJobs();
+  const known = jobs.find((j) => j.execution_id === job.execution_id);
+  if (known) Object.assign(known, job); else jobs.unshift(job);
+  store.set("jobs", JSON.stringify(jobs.slice(0, 20)));
+}
+
+let nextToken = null;
+
+async function loadJobs(more = false) {
+  const list = $("jobs");
+  const note = $("history-note");
+  let jobs;
+  try {
+    const query = "?limit=10" + (more && nextToken ? "&next_token=" + encodeURIComponent(nextToken) : "");
+    const { data } = await api("GET", "/generate" + query);
+    jobs = data.jobs || [];
+    nextToken = data.next_token || null;
+    note.textContent = "";
+  } catch (failure) {
+    if (!(failure instanceof ApiFailure)) throw failure;
+    jobs = localJobs();
+    nextToken = null;
+    note.textContent = [403, 404, 405].includes(failure.status) && !failure.error.fields
+      ? "This API has no job list (GET /generate): showing the jobs submitted from this browser."
+      : `The job list could not be read: ${failure.error.message}. Showing this browser's jobs.`;
+  }
+  if (!more) list.replaceChildren();
+  for (const job of jobs) list.append(jobRow(job));
+  if (!list.children.length) note.textContent = note.textContent || "No jobs yet.";
+  $("more").hidden = !nextToken;
+}
+
+function jobRow(job) {
+  const button = document.createElement("button");
+  button.type = "button";
+  button.className = "job-row";
+  const prompt = document.createElement("span");
+  prompt.className = "job-prompt";
+  prompt.textContent = job.prompt || job.execution_id;
+  const meta = document.createElement("span");
+  meta.className = "job-meta";
+  const when = job.submitted_at ? new Date(job.submitted_at).toLocaleString() : "";
+  // The list can trail the job by a moment (its record is written from events): an ended
+  // status wins over the stage, and the job on screen knows best.
+  const status = current && current.id === job.execution_id && current.status || job.status;
+  const stage = TERMINAL.has(status) ? STAGES[STATUS_STAGE[status]] : STAGES[job.stage] || job.stage || status;
+  meta.textContent = [stage, job.num_images ? `${job.num_images} image(s)` : "", when,
+    job.cost ? `$${job.cost.usd.toFixed(4)}` : ""].filter(Boolean).join(" · ");
+  button.append(prompt, meta);
+  button.setAttribute("aria-label", `Open job: ${prompt.textContent}, ${meta.textContent}`);
+  button.addEventListener("click", () => openJob(job.execution_id));
+  const item = document.createElement("li");
+  item.append(button);
+  return item;
+}
+
+// --- Start ---------------------------------------------------------------------------------
+function start() {
+  $("api-url").value = store.get("apiUrl");
+  $("api-key").value = store.get("apiKey");
+  $("api-url-default").textContent = new URL(config.apiUrl || "./", location.href).href;
+  $("docs-link").href = apiBase() + "/docs";
+  $("settings-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    clearErrors();
+    const url = $("api-url").value.trim();
+    if (url && !/^https?:\/\//.test(url)) {
+      say(errorSlot("api_url"), "Give a full http:// or https:// URL.");
+      $("api-url").setAttribute("aria-invalid", "true");
+      $("api-url").focus();
+      return;
+    }
+    store.set("apiUrl", url);
+    store.set("apiKey", $("api-key").value.trim());
+    $("docs-link").href = apiBase() + "/docs";
+    $("settings-saved").textContent = "Saved.";
+    setTimeout(() => { $("settings-saved").textContent = ""; }, 2000);
+    loadJobs();
+  });
+  $("generate-form").addEventListener("submit", submit);
+  $("prompt").addEventListener("keydown", (event) => {
+    if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("generate-form").requestSubmit();
+  });
+  $("cancel").addEventListener("click", cancel);
+  $("refresh").addEventListener("click", () => loadJobs());
+  $("more").addEventListener("click", () => loadJobs(true));
+  const opened = /^#job=(.+)$/.exec(location.hash);
+  if (opened) openJob(decodeURIComponent(opened[1]), { focus: false });
+  loadJobs();
+}
+
+start();
