@@ -109,6 +109,35 @@ def test_a_failing_receiver_gets_the_same_signed_delivery_until_it_answers_200(
     assert received  # the receiver saw them as they came
 
 
+def test_progress_goes_only_to_webhooks_that_asked_for_it(
+    harness: Harness, receiver: WebhookReceiver, secret: str
+) -> None:
+    both = harness.submit(job("/both", receiver, events=["progress", "completed"]))
+    completed_only = harness.submit(job("/completed", receiver, events=["completed"]))
+
+    for execution_id, path in ((both, "/both"), (completed_only, "/completed")):
+        receiver.wait_for(
+            lambda all_, e=execution_id, p=path: any(
+                json.loads(d.body)["type"] == "image.generated" for d in for_job(all_, e, p)
+            ),
+            DEADLINE_S,
+            f"the result delivery on {path}",
+        )
+    until(lambda: deliveries_settled(harness), 30, "the delivery queue to settle")
+
+    types = [
+        Webhook(secret).verify(d.body, d.headers)["type"]
+        for d in for_job(receiver.received, both, "/both")
+    ]
+    assert types.count("image.generated") == 1
+    assert types.count("image.generation_progress") >= 1, types
+    assert set(types) == {"image.generation_progress", "image.generated"}, types
+    only = [
+        json.loads(d.body)["type"] for d in for_job(receiver.received, completed_only, "/completed")
+    ]
+    assert only == ["image.generated"]
+
+
 def test_a_private_webhook_address_is_refused_at_submit(harness: Harness) -> None:
     for url in ("https://10.0.0.1/hooks", "https://169.254.169.254/latest", "http://example.com/"):
         response = harness.request(
