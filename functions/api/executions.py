@@ -43,6 +43,7 @@ STAGE_BY_STATE: dict[str, str] = {
     "Record Image Failure": "generating",
     "Fall Back to GPU?": "generating",
     "Use GPU Backend": "generating",
+    "Report Queued on GPU": "queued",
     "Generate on GPU": "generating",
     "Create Pre-signed URLs": "signing",
     "Emit Image Generated": "publishing",

@@ -4,7 +4,8 @@
   ``AllowedModelIds`` defaults must equal it; the settings, the local stand-in and
   ``imagegen models`` read it.
 - The result events' detail-types: ``imagegen_common.models.RESULT_EVENT_DETAILS``. Every rule in
-  the template that routes result events, and every event the workflow emits, must use them.
+  the template that routes result events must use them; every event the workflow emits is one of
+  them or a progress event whose detail has only ``ImageGenerationProgressDetail``'s fields.
 - The stage ``GET /generate/{id}`` reports: ``STAGE_BY_STATE`` in ``functions/api/executions.py``,
   keyed by the workflow's state names. A state renamed or added in the ASL without a stage would
   report ``stage: null``.
@@ -24,15 +25,20 @@ from samtranslator.yaml_helper import yaml_parse
 from imagegen import model_lifecycle
 from imagegen.local.fake_bedrock import FakeBedrock
 from imagegen_common.bedrock import DEFAULT_MODEL_ID, KNOWN_MODEL_IDS
-from imagegen_common.models import RESULT_EVENT_DETAILS
+from imagegen_common.models import (
+    IMAGE_GENERATION_PROGRESS,
+    RESULT_EVENT_DETAILS,
+    ImageGenerationProgressDetail,
+    Stage,
+)
 from imagegen_common.settings import GenerationSettings
 from tests.conftest import import_function
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 STAGE_BY_STATE = import_function("api", "executions").STAGE_BY_STATE
 
-# The stages the README documents for a running job.
-DOCUMENTED_STAGES = {"validating", "generating", "signing", "publishing", "failing"}
+# The stages the README documents for a running job the jobs table has no record of.
+DOCUMENTED_STAGES = {"queued", "validating", "generating", "signing", "publishing", "failing"}
 
 
 @cache
@@ -105,15 +111,37 @@ def test_result_event_rules_match_every_detail_type(resource: str) -> None:
     )
 
 
-def test_workflow_emits_only_result_detail_types() -> None:
-    emitted = {
-        entry["DetailType"]
+def emitted_entries() -> list[dict[str, Any]]:
+    return [
+        entry
         for _, state in states_of(workflow())
         if state.get("Resource") == "arn:aws:states:::events:putEvents"
         for entry in state["Parameters"]["Entries"]
+    ]
+
+
+def test_workflow_emits_only_result_and_progress_detail_types() -> None:
+    emitted = {entry["DetailType"] for entry in emitted_entries()}
+    assert emitted & set(RESULT_EVENT_DETAILS)
+    assert emitted <= set(RESULT_EVENT_DETAILS) | {IMAGE_GENERATION_PROGRESS}
+
+
+def test_progress_the_workflow_emits_has_the_models_fields() -> None:
+    details = [
+        entry["Detail"]
+        for entry in emitted_entries()
+        if entry["DetailType"] == IMAGE_GENERATION_PROGRESS
+    ]
+    assert details
+    fields = set(ImageGenerationProgressDetail.model_fields)
+    required = {
+        name for name, f in ImageGenerationProgressDetail.model_fields.items() if f.is_required()
     }
-    assert emitted
-    assert emitted <= set(RESULT_EVENT_DETAILS)
+    for detail in details:
+        names = {key.removesuffix(".$") for key in detail}
+        assert names <= fields, names - fields
+        assert required <= names, required - names
+        assert Stage(detail["stage"])
 
 
 # --- Stages --------------------------------------------------------------------------------

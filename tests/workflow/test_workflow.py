@@ -371,6 +371,20 @@ def test_unavailable_model_falls_back_to_the_gpu_queue(
     )
 
 
+def test_a_job_falling_back_to_the_gpu_gets_a_queue_position(
+    workflow_factory: Callable[..., Workflow],
+) -> None:
+    workflow = workflow_factory(FallbackBackend="gpu")
+    workflow.bedrock.unavailable_models.add("stability.stable-image-core-v1:1")
+    execution_id = workflow.submit({"prompt": "a mountain lake"})
+
+    wait_for_gpu_queue(workflow, execution_id)  # waits on a queue nobody serves yet
+    _, status = workflow.status(execution_id)
+    assert (status["stage"], status["backend"], status["queue_position"]) == ("queued", "gpu", 0)
+    workflow.serve_gpu_queue("succeed")
+    assert workflow.wait(execution_id)["status"] == "SUCCEEDED"
+
+
 def test_unavailable_model_without_fallback_fails_with_its_code(workflow: Workflow) -> None:
     workflow.bedrock.unavailable_models.add("stability.stable-image-core-v1:1")
     execution_id = workflow.submit({"prompt": "a mountain lake"})
