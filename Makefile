@@ -6,7 +6,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-REQUIREMENTS := requirements/dev.txt layers/common/requirements.txt gpu_service/requirements.txt pyproject.toml
+REQUIREMENTS := requirements/uv.txt requirements/dev.txt layers/common/requirements.txt \
+	functions/webhook_delivery/requirements.txt gpu_service/requirements.txt pyproject.toml
+# The venvs are installed with uv (scripts/tool_venv.sh: uv_install), pinned in requirements/uv.txt.
+TOOLS := export BASE_PYTHON=$(PYTHON) && source scripts/tool_venv.sh &&
 
 .PHONY: help venv demo run lint template deployment unit workflow e2e browser test clean
 
@@ -19,9 +22,8 @@ help:
 $(STAMP): $(REQUIREMENTS)
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "make needs Python 3.11 as python3 (the CPU torch wheel on disk is cp311); set PYTHON=...")'
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements/dev.txt -r gpu_service/requirements.txt
-	$(BIN)/pip install --quiet --no-deps -e .
+	$(TOOLS) ensure_uv && uv_install $(VENV) -r requirements/dev.txt -r gpu_service/requirements.txt \
+		&& uv_install $(VENV) --no-deps -e .
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -48,22 +50,27 @@ template:
 deployment:
 	bash scripts/check_deployment.sh
 
-# The tests by what they need, one pytest run (and one summary) each; make stops at the first
-# that fails, so the last summary printed is the one that decides.
+# The tests by what they need, one pytest run (and one summary) each, with the 25 slowest tests
+# listed. The unit tests are independent of each other: they run on every core (pytest-xdist).
+PYTEST := $(BIN)/pytest --durations=25
 unit: venv
-	$(BIN)/pytest tests/unit tests/gpu_service
+	$(PYTEST) -n auto tests/unit tests/gpu_service
 
 workflow: venv
-	$(BIN)/pytest tests/workflow
+	$(PYTEST) tests/workflow
 
+# The end-to-end tests and the playground's (web/, in headless Chromium: /usr/bin/chromium, which
+# .ci/run installs) in one run: they share one local stack (tests/e2e/conftest.py).
 e2e: venv
-	$(BIN)/pytest tests/e2e
+	$(PYTEST) tests/e2e tests/browser
 
-# The playground (web/) in headless Chromium (/usr/bin/chromium; .ci/run installs it).
 browser: venv
-	$(BIN)/pytest tests/browser
+	$(PYTEST) tests/browser
 
-test: lint template deployment unit workflow e2e browser
+# Every check CI runs, each step timed (scripts/run_checks.sh prints the times at the end).
+test: venv
+	bash scripts/run_checks.sh lint template deployment unit workflow e2e
 
 clean:
-	rm -rf $(VENV) .venv-sam .venv-checkov .venv-deploy .aws-sam .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) .venv-uv .venv-sam .venv-checkov .venv-deploy .aws-sam .mypy_cache .ruff_cache \
+		.pytest_cache .schemathesis

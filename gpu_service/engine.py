@@ -164,7 +164,7 @@ class Engine:
         _use_sdpa(pipeline)
         if settings.channels_last:
             for module in _denoiser_and_vae(pipeline):
-                module.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+                module.to(memory_format=torch.channels_last)
         if settings.torch_compile:
             # Compiles lazily on the first call (the warm-up); each new size compiles again.
             pipeline.unet = torch.compile(pipeline.unet, mode=settings.torch_compile_mode)
@@ -274,7 +274,8 @@ def _scheduler_from_name(name: str, current: Any) -> Any:
         isinstance(scheduler_class, type) and issubclass(scheduler_class, diffusers.SchedulerMixin)
     ):
         raise ValueError(f"SCHEDULER={name!r} is not a diffusers scheduler class")
-    return scheduler_class.from_config(current.config)
+    scheduler: Any = scheduler_class  # diffusers is not type-checked (pyproject.toml)
+    return scheduler.from_config(current.config)
 
 
 def _denoiser_and_vae(pipeline: Any) -> list[torch.nn.Module]:

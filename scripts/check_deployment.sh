@@ -2,11 +2,12 @@
 # Checks of the GPU service's deployment artefacts, as scripts/check_template.sh checks the SAM
 # application: hadolint on gpu_service/Dockerfile; the manifests in gpu_service/k8s against
 # Kubernetes' schemas (kubernetes-validate --strict) and KEDA's objects against KEDA's CRDs
-# (scripts/validate_keda_manifests.py); checkov's dockerfile and kubernetes frameworks on both.
+# (scripts/validate_keda_manifests.py). checkov's dockerfile and kubernetes frameworks check both
+# in scripts/check_template.sh, in its one checkov run.
 # A check is skipped only where it applies, with its reason: `# hadolint ignore=` above the
 # instruction, `checkov.io/skipN` annotations on the manifest.
-# The tools live in their own venv (.venv-deploy, from requirements/deployment.txt; checkov in
-# .venv-checkov as for the template), created or updated here when the pins change.
+# The tools live in their own venv (.venv-deploy, from requirements/deployment.txt), created or
+# updated here when the pins change.
 set -euo pipefail
 
 REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -43,13 +44,10 @@ validate_kubernetes_manifests() {  # every manifest but the two kinds above, str
 
 total_start=$SECONDS
 ensure_venv .venv-deploy requirements/deployment.txt
-ensure_venv .venv-checkov requirements/checkov.txt
 
 step "hadolint" .venv-deploy/bin/hadolint --no-color gpu_service/Dockerfile
 step "kubernetes-validate" validate_kubernetes_manifests
 step "KEDA manifests" .venv-deploy/bin/python scripts/validate_keda_manifests.py \
   "${KEDA_MANIFESTS[@]}"
-step "checkov" .venv-checkov/bin/checkov -d gpu_service --framework dockerfile kubernetes \
-  --skip-download --compact --quiet
 
 echo "all deployment checks passed in $((SECONDS - total_start)) s"

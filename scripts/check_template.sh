@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Checks of the SAM application: cfn-lint, `sam validate --lint`, checkov and `sam build` for
-# Lambda's platform (python3.13, arm64). Run from anywhere; exits non-zero on the first failure.
+# Lambda's platform (python3.13, arm64). checkov runs once here for everything it checks: the
+# templates (CloudFormation) and the GPU service's Dockerfile and Kubernetes manifests.
+# Run from anywhere; exits non-zero on the first failure.
 # The tools live in their own venvs (.venv-sam, .venv-checkov), created or updated here from the
 # pinned requirements/sam.txt and requirements/checkov.txt: their dependencies conflict.
 set -euo pipefail
@@ -59,8 +61,10 @@ ensure_venv .venv-checkov requirements/checkov.txt
 step "cfn-lint" .venv-sam/bin/cfn-lint template.yaml gpu_service/ecs/template.yaml \
   events/schemas/registry.yaml
 step "sam validate --lint" .venv-sam/bin/sam validate --lint --template-file template.yaml
-step "checkov" .venv-checkov/bin/checkov -f template.yaml -f gpu_service/ecs/template.yaml \
-  --framework cloudformation \
+# Files, not folders: checkov drops every -f once a -d is given.
+checkov_files=(template.yaml gpu_service/ecs/template.yaml gpu_service/Dockerfile gpu_service/k8s/*.yaml)
+step "checkov" .venv-checkov/bin/checkov "${checkov_files[@]/#/--file=}" \
+  --framework cloudformation dockerfile kubernetes \
   --config-file .checkov.yaml \
   --skip-download --compact --quiet
 

@@ -1,9 +1,11 @@
-"""Fixtures for every suite: no network but loopback, fake AWS credentials, a Lambda context."""
+"""Fixtures for every suite: no network but loopback, fake AWS credentials, a Lambda context, and
+the one local stack the end-to-end and browser suites share (``shared_stack``, ``harness``)."""
 
 from __future__ import annotations
 
 import json
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -101,3 +103,118 @@ def import_function(directory: str, module: str = "app") -> Any:
 
     path = REPO_ROOT / "functions" / directory / f"{module}.py"
     return import_function_module(path, f"function_{directory}_{module}")
+
+
+# --- The local stack the end-to-end and browser suites share ----------------------------------
+
+
+@pytest.fixture(scope="session")
+def webhook_receiver() -> Iterator[Any]:
+    """A receiver on 127.0.0.1 for every webhook of the run; its /default path is the shared
+    stack's WebhookUrl (where jobs without a webhook of their own are delivered)."""
+    from tests.webhook_receiver import WebhookReceiver
+
+    with WebhookReceiver([200]) as receiver:
+        yield receiver
+
+
+@pytest.fixture(scope="session")
+def other_origin() -> Iterator[str]:
+    """web/ served by a plain file server on another port: a page on another origin, which the
+    shared stack allows through CORS (CorsAllowedOrigins)."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class QuietFiles(SimpleHTTPRequestHandler):
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    handler = functools.partial(QuietFiles, directory=str(REPO_ROOT / "web"))
+    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="session")
+def shared_stack(
+    webhook_receiver: Any, other_origin: str, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Any]:
+    """The one local stack of the run (tests/e2e/local_stack_harness.py says what it holds),
+    recorded as `imagegen local` records its stack, in a folder of its own, so the CLI
+    (`imagegen invoke`, `imagegen webhook listen`) finds it and never a `make run` of this
+    checkout."""
+    from imagegen.local.running_stack import (
+        STATE_DIR_VARIABLE,
+        StackRecord,
+        remove_record,
+        write_record,
+    )
+    from tests.e2e.local_stack_harness import start_shared_stack
+
+    parameters = {
+        "WebhookUrl": webhook_receiver.url("/default"),
+        "CorsAllowedOrigins": other_origin,
+    }
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(STATE_DIR_VARIABLE, str(tmp_path_factory.mktemp("state")))
+        for shared in start_shared_stack(parameters):
+            stack = shared.stack
+            record = StackRecord.now(
+                aws_endpoint_url=stack.endpoint_url,
+                api_url=stack.api_url,
+                stack_name=stack.options.stack_name,
+                region=stack.options.region,
+                template=stack.options.template,
+            )
+            write_record(record)
+            try:
+                yield shared
+            finally:
+                remove_record(record)
+
+
+def _workers_asked_for(item: pytest.Item) -> tuple[int, dict[str, Any]]:
+    marker = item.get_closest_marker("gpu_workers")
+    return (marker.args[0], dict(marker.kwargs)) if marker else (1, {})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Run the tests on a shared moto last (the shared local stack's, the workflow suite's), those
+    on the local stack grouped by the GPU workers they ask for.
+
+    Last: moto is process-wide and a shared one stays open to the end of the run, so tests that
+    open a moto of their own (the door's own tests, the deployer's) run before it opens.
+    Grouped: no worker first (as the stack starts), then the default one, then the others, since
+    starting a worker takes seconds (importing diffusers alone takes ~7 s here). Tests keep their
+    order within a group.
+    """
+
+    def group(item: pytest.Item) -> tuple[int, str]:
+        count, environment = _workers_asked_for(item)
+        rank = 0 if count == 0 else 1 if (count, environment) == (1, {}) else 2
+        return rank, repr(sorted(environment.items()))
+
+    def shares_a_moto(item: pytest.Item) -> bool:
+        return bool({"harness", "workflow_factory"} & set(item.fixturenames))
+
+    on_the_stack = [item for item in items if shares_a_moto(item)]
+    others = [item for item in items if not shares_a_moto(item)]
+    items[:] = others + sorted(on_the_stack, key=group)
+
+
+@pytest.fixture
+def harness(shared_stack: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
+    """This test's own owner on the shared stack, which is idle when the test starts, with the
+    GPU workers its ``gpu_workers`` mark asks for (default: one, as the stack starts)."""
+    from tests.e2e.local_stack_harness import Harness, key_for
+
+    count, environment = _workers_asked_for(request.node)
+    shared_stack.wait_until_idle()
+    harness = Harness(shared_stack, key_for(request.node.nodeid))
+    harness.use_workers(count, **environment)
+    yield harness
+    harness.close()

@@ -273,6 +273,17 @@ class _EnvironmentPool:
         return environments
 
 
+@dataclass(frozen=True)
+class Invocation:
+    """One invocation that has returned (or failed), as invocation listeners are told of it."""
+
+    logical_id: str
+    event: Any
+    succeeded: bool
+    ended_at: float
+    """``time.monotonic()`` when it returned."""
+
+
 class LambdaRuntime:
     """Runs the stack's functions in execution environments inside this process.
 
@@ -298,6 +309,32 @@ class LambdaRuntime:
         self._pools: dict[tuple[Any, ...], _EnvironmentPool] = {}
         self._pools_lock = threading.Lock()
         self._closed = False
+        self._invocation_listeners: list[Callable[[Invocation], None]] = []
+
+    def add_invocation_listener(self, listener: Callable[[Invocation], None]) -> None:
+        """Call ``listener`` after every invocation of any function (from the invoking thread).
+
+        What tests wait on instead of silence: e.g. "ReportJobEndingFunction has returned for
+        this execution", after which nothing more is owed for it.
+        """
+        self._invocation_listeners.append(listener)
+
+    def remove_invocation_listener(self, listener: Callable[[Invocation], None]) -> None:
+        self._invocation_listeners.remove(listener)
+
+    def set_function_overrides(self, logical_id: str, variables: Mapping[str, str]) -> None:
+        """Replace the variables laid over a function's own, as ``UpdateFunctionConfiguration``
+        changes a function's environment on AWS: the next invocations run in new execution
+        environments, and those of the old configuration are stopped. Call it while the function
+        is idle."""
+        with self._pools_lock:
+            self.function_overrides[logical_id] = dict(variables)
+            stale = [key for key in self._pools if key[0] == logical_id]
+            pools = [self._pools.pop(key) for key in stale]
+        for pool in pools:
+            for environment in pool.close():
+                environment.request_stop()
+                environment.stop(2.0)
 
     def environment_for(self, spec: FunctionSpec) -> dict[str, str]:
         """The function's variables: local defaults, the base environment, Lambda's, its own."""
@@ -360,8 +397,17 @@ class LambdaRuntime:
         In this process that is the handler's own exception; from a child process a
         ``FunctionError``. A failed cold start raises ``HandlerLoadError``.
         """
-        with self._pool(spec).environment() as environment:
-            return environment.invoke(event, request_id or str(uuid.uuid4()))
+        succeeded = False
+        try:
+            with self._pool(spec).environment() as environment:
+                result = environment.invoke(event, request_id or str(uuid.uuid4()))
+            succeeded = True
+            return result
+        finally:
+            if self._invocation_listeners:
+                done = Invocation(spec.logical_id, event, succeeded, time.monotonic())
+                for listener in list(self._invocation_listeners):
+                    listener(done)
 
     def dispatch(self, spec: FunctionSpec, body: bytes) -> tuple[bytes, str | None]:
         """One invocation as the Lambda service answers it: (payload, function error or None).

@@ -24,7 +24,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -39,7 +39,11 @@ from imagegen.local.gpu_worker_process import (
     WorkerExitedError,
     progress_environment,
 )
-from imagegen.local.lambda_runtime import DEFAULT_MAX_ENVIRONMENTS, ProcessLambdaRuntime
+from imagegen.local.lambda_runtime import (
+    DEFAULT_MAX_ENVIRONMENTS,
+    Invocation,
+    ProcessLambdaRuntime,
+)
 from imagegen.local.moto_aws import LocalAws, local_aws
 from imagegen.local.moto_server import ensure_port_free
 
@@ -57,6 +61,10 @@ WORKER_READY_TIMEOUT_S = 600.0
 """A real model can take minutes to load; the tiny one takes seconds."""
 
 BedrockMode = Literal["fake", "aws"]
+
+
+_RECEIVE_MAX = 10
+"""Messages per receive of the result-event subscriber (SQS's most)."""
 
 
 class ModelLoadError(RuntimeError):
@@ -135,6 +143,9 @@ class LocalStack:
         self.event_received_at: dict[str, float] = {}
         """execution id -> ``time.perf_counter()`` when its result event was received."""
         self._event_listeners: list[Callable[[dict[str, Any]], None]] = []
+        self._events_drained = threading.Condition()
+        self._drained_since = float("-inf")
+        """``time.monotonic()`` when the last receive that found the result queue drained began."""
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._aws: LocalAws | None = None
@@ -322,14 +333,14 @@ class LocalStack:
         environment.update(self.options.worker_environment)
         return environment
 
-    def _spawn_worker(self) -> GpuWorkerProcess:
+    def _spawn_worker(self, environment: Mapping[str, str] | None = None) -> GpuWorkerProcess:
         assert self._work_dir is not None
         with self._workers_lock:
             self._workers_started += 1
             name = f"gpu-worker-{self._workers_started}"
         worker = GpuWorkerProcess(
             name,
-            self._worker_environment(),
+            {**self._worker_environment(), **(environment or {})},
             self._work_dir / f"{name}.alive",
             say=self.say,
             on_engine_time=self.engine_times.record,
@@ -357,13 +368,17 @@ class LocalStack:
         with self._workers_lock:
             return list(self._workers)
 
-    def start_worker(self) -> GpuWorkerProcess:
-        """Start one more GPU worker and return once it polls the queue (ModelLoadError if not)."""
+    def start_worker(self, environment: Mapping[str, str] | None = None) -> GpuWorkerProcess:
+        """Start one more GPU worker and return once it polls the queue (ModelLoadError if not).
+
+        ``environment`` goes over the stack's ``worker_environment`` for this worker alone
+        (another task definition revision, say: a smaller MAX_BATCH).
+        """
         if self.stack is None:
             raise RuntimeError("the stack is not started")
         if self._model_id is None:
             self._model_id = self._resolve_model()
-        worker = self._spawn_worker()
+        worker = self._spawn_worker(environment)
         try:
             self._wait_until_ready(worker)
         except BaseException:
@@ -382,6 +397,35 @@ class LocalStack:
         self._forget(worker)
         return worker.kill()
 
+    # --- Functions while the stack runs -------------------------------------------------------
+
+    def add_invocation_listener(self, listener: Callable[[Invocation], None]) -> None:
+        """Call ``listener`` after each invocation of any of the stack's functions returns."""
+        if self._runtime is None:
+            raise RuntimeError("the stack is not started")
+        self._runtime.add_invocation_listener(listener)
+
+    def remove_invocation_listener(self, listener: Callable[[Invocation], None]) -> None:
+        if self._runtime is not None:
+            self._runtime.remove_invocation_listener(listener)
+
+    @contextlib.contextmanager
+    def function_environment(self, logical_id: str, **variables: str) -> Iterator[None]:
+        """Run a function with these variables over its own for the block, as an operator's
+        ``aws lambda update-function-configuration`` would (a new configuration: new execution
+        environments), then as before. For a setting a test varies on one running stack."""
+        if self._runtime is None or self.stack is None:
+            raise RuntimeError("the stack is not started")
+        if logical_id not in self.stack.functions:
+            raise KeyError(f"no function {logical_id} in the stack")
+        runtime = self._runtime
+        before = dict(runtime.function_overrides.get(logical_id, {}))
+        runtime.set_function_overrides(logical_id, {**before, **variables})
+        try:
+            yield
+        finally:
+            runtime.set_function_overrides(logical_id, before)
+
     def _forget(self, worker: GpuWorkerProcess) -> None:
         with self._workers_lock:
             if worker in self._workers:
@@ -398,9 +442,10 @@ class LocalStack:
     def _poll_events(self, queue_url: str) -> None:
         sqs = boto3.client("sqs")
         while not self._stop.is_set():
+            began = time.monotonic()
             try:
                 messages = sqs.receive_message(
-                    QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
+                    QueueUrl=queue_url, MaxNumberOfMessages=_RECEIVE_MAX, WaitTimeSeconds=1
                 ).get("Messages", [])
             except Exception:
                 if self._stop.is_set():
@@ -417,6 +462,20 @@ class LocalStack:
                     if listener is not None:
                         listener(event)
                 sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
+            if len(messages) < _RECEIVE_MAX:  # every visible message came: the queue is drained
+                with self._events_drained:
+                    self._drained_since = began
+                    self._events_drained.notify_all()
+
+    def wait_until_events_received(self, put_before: float, timeout_s: float = 30.0) -> bool:
+        """Whether every result event put on the bus before ``put_before`` (``time.monotonic()``)
+        has been received, waiting up to ``timeout_s``: the signal is a receive that began after
+        that moment and found the queue drained (each message before it had been handled, and
+        EventBridge had put each event in the queue before ``put_events`` returned)."""
+        with self._events_drained:
+            return self._events_drained.wait_for(
+                lambda: self._drained_since >= put_before, timeout_s
+            )
 
     def wait_for_event(self, execution_id: str, timeout_s: float = 120.0) -> dict[str, Any] | None:
         """The first result event of ``execution_id`` (already received or still to come)."""

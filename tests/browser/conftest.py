@@ -11,32 +11,21 @@ it expects (``PageWatch.expect``).
 
 from __future__ import annotations
 
-import functools
 import os
 import re
 import shutil
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 from playwright.sync_api import sync_playwright
 
-from tests.e2e.local_stack_harness import HEADERS, Harness, local_stack
+from tests.e2e.local_stack_harness import Harness
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SCREENSHOTS = REPO_ROOT / "out" / "screenshots"
-# Slow enough denoising that progress can be seen (the tiny model makes a step in milliseconds),
-# progress events as often as the worker's throttle allows in a test.
-WORKER_ENVIRONMENT = {"DEFAULT_STEPS": "50", "PROGRESS_INTERVAL_SECONDS": "0.2"}
-PARAMETERS = {
-    "AllowedSizes": "128x128,256x256",
-    "GpuDefaultSize": "128x128",
-    "DefaultBackend": "gpu",
-}
 
 
 def chromium_path() -> str:
@@ -49,27 +38,11 @@ def chromium_path() -> str:
     return found
 
 
-class QuietFiles(SimpleHTTPRequestHandler):
-    def log_message(self, format: str, *args: Any) -> None:
-        pass
-
-
-@pytest.fixture(scope="session")
-def other_origin() -> Iterator[str]:
-    """web/ served by a plain file server on another port: a page on another origin."""
-    handler = functools.partial(QuietFiles, directory=str(REPO_ROOT / "web"))
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
-
-
-@pytest.fixture(scope="session")
-def stack(other_origin: str) -> Iterator[Harness]:
-    parameters = {**PARAMETERS, "CorsAllowedOrigins": other_origin}
-    yield from local_stack(parameters, worker_environment=WORKER_ENVIRONMENT)
+@pytest.fixture
+def stack(harness: Harness) -> Harness:
+    """This test's owner on the shared stack: the page uses its key, so the page and the
+    harness's own requests are one caller (one job list)."""
+    return harness
 
 
 @pytest.fixture(scope="session")
@@ -132,7 +105,7 @@ def watch() -> PageWatch:
 def page(browser: Any, stack: Harness, watch: PageWatch) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1200, "height": 900})
     # The harness's key: the page and the harness's own requests are one caller (one job list).
-    context.add_init_script(f"localStorage.setItem('imagegen.apiKey', {HEADERS['x-api-key']!r})")
+    context.add_init_script(f"localStorage.setItem('imagegen.apiKey', {stack.api_key!r})")
     opened = context.new_page()
     opened.on("console", watch.on_console)
     opened.on("pageerror", watch.on_page_error)

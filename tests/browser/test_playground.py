@@ -1,6 +1,6 @@
 """The playground in a real browser: submit, progress, images, cancel, errors, the job list.
 
-One local stack (one tiny-model GPU worker) for the module; each test opens the page afresh.
+The shared local stack (tests/conftest.py), each test as its own owner, opening the page afresh.
 A test fails on any console error, uncaught exception, failed request or unexpected HTTP error
 (tests/browser/conftest.py).
 """
@@ -11,8 +11,14 @@ import re
 import shutil
 from typing import Any
 
+import pytest
+
 from tests.browser.conftest import REPO_ROOT, SCREENSHOTS, PageWatch
 from tests.e2e.local_stack_harness import Harness
+
+# One GPU worker whose denoising is slow enough that progress can be seen (the tiny model makes a
+# step in milliseconds), sending progress as often as its throttle allows in a test.
+pytestmark = pytest.mark.gpu_workers(1, DEFAULT_STEPS="50", PROGRESS_INTERVAL_SECONDS="0.2")
 
 # Records every text the progress label and the stage line take, from before the submit on.
 RECORD_PROGRESS = """() => {

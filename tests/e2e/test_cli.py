@@ -1,18 +1,15 @@
 """`imagegen invoke` against the running local stack and on a stack of its own, the record
-`imagegen local` leaves for it, the sample events' names, and the client when things go wrong."""
+`imagegen local` leaves for it, the sample events' names, and the client when things go wrong.
+(`imagegen local` as a process, and invoke through its record: test_local_stack_e2e.py.)"""
 
 from __future__ import annotations
 
 import json
 import os
-import queue
 import re
-import signal
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +30,8 @@ from imagegen.local.running_stack import (
     write_record,
 )
 from imagegen.local.sample_events import SAMPLE_NAMES, resolve_sample_names, stack_names
-from imagegen.local.stack import LocalStack, LocalStackOptions
+from imagegen.local.stack import LocalStack
+from tests.e2e.local_stack_harness import Harness
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EVENTS_DIR = REPO_ROOT / "events"
@@ -226,34 +224,11 @@ def test_sample_names_are_replaced_wherever_they_occur() -> None:
 # --- Against the running stack: every sample event -----------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def running_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    """The local stack in this process, recorded as `imagegen local` records it. It blocks the
-    sample's term, so that validate_prompt_blocked_term.json is refused."""
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(STATE_DIR_VARIABLE, str(tmp_path_factory.mktemp("state")))
-        stack = LocalStack(
-            LocalStackOptions(
-                api_port=0,
-                gpu_workers=0,
-                bedrock="fake",
-                parameters={"BlockedPromptTerms": "forbidden-thing"},
-            )
-        )
-        stack.start()
-        record = StackRecord.now(
-            aws_endpoint_url=os.environ["AWS_ENDPOINT_URL"],
-            api_url=stack.api_url,
-            stack_name=stack.options.stack_name,
-            region=stack.options.region,
-            template=stack.options.template,
-        )
-        write_record(record)
-        try:
-            yield stack
-        finally:
-            remove_record(record)
-            stack.stop()
+@pytest.fixture
+def running_stack(harness: Harness) -> LocalStack:
+    """The shared local stack, recorded as `imagegen local` records it (tests/conftest.py). It
+    blocks the sample's term, so that validate_prompt_blocked_term.json is refused."""
+    return harness.stack
 
 
 Check = Callable[[int, Any, DeployedStack], None]
@@ -412,75 +387,6 @@ def test_the_sample_names_resolve_against_the_running_stack(running_stack: Local
     # every line of the table names a resource the template has
     assert set(names) == {sample.placeholder for sample in SAMPLE_NAMES}
     assert names["imagegen-bus"] == running_stack.stack.event_buses["ImageEventsBus"]
-
-
-# --- `imagegen local` and `imagegen invoke` as processes ----------------------------------------
-
-
-def _lines(process: subprocess.Popen[str]) -> queue.Queue[str]:
-    lines: queue.Queue[str] = queue.Queue()
-
-    def read() -> None:
-        assert process.stdout is not None
-        for line in process.stdout:
-            lines.put(line)
-
-    threading.Thread(target=read, daemon=True).start()
-    return lines
-
-
-def _wait_for_line(lines: queue.Queue[str], text: str, timeout_s: float) -> list[str]:
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout_s
-    while not any(text in line for line in seen):
-        remaining = deadline - time.monotonic()
-        assert remaining > 0, f"no {text!r} within {timeout_s} s; output:\n{''.join(seen)}"
-        try:
-            seen.append(lines.get(timeout=remaining))
-        except queue.Empty:
-            continue
-    return seen
-
-
-def test_imagegen_local_records_its_stack_for_invoke_and_removes_the_record_on_stop(
-    tmp_path: Path,
-) -> None:
-    environment = {k: v for k, v in os.environ.items() if k != "AWS_ENDPOINT_URL"}
-    environment[STATE_DIR_VARIABLE] = str(tmp_path)
-    local = subprocess.Popen(
-        [sys.executable, "-m", "imagegen.cli", "local", "--port", "0", "--gpu-workers", "0"],
-        cwd=REPO_ROOT,
-        env=environment,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    try:
-        output = _lines(local)
-        _wait_for_line(output, "imagegen local stack ready", timeout_s=120)
-        record = json.loads((tmp_path / "local-stack.json").read_text())
-        assert record["pid"] == local.pid
-
-        result = run_cli(
-            "invoke", "DescribeFailureFunction", "-e", "events/describe_failure.json",
-            state_dir=tmp_path,
-        )  # fmt: skip
-
-        assert result.returncode == 0, result.stderr
-        assert (
-            f"using the local stack at {record['aws_endpoint_url']} (pid {local.pid})"
-            in result.stderr
-        )
-        assert "deploying" not in result.stderr
-        assert json.loads(result.stdout)["error"]["code"] == "CONTENT_FILTERED"
-
-        local.send_signal(signal.SIGINT)
-        assert local.wait(timeout=60) == 0
-        assert not (tmp_path / "local-stack.json").exists()
-    finally:
-        if local.poll() is None:
-            local.kill()
-            local.wait(timeout=10)
 
 
 # --- The client -------------------------------------------------------------------------------

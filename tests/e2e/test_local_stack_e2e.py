@@ -1,16 +1,18 @@
-"""End to end: `imagegen local` as the README starts it, driven by `imagegen generate`.
+"""End to end: `imagegen local` as the README starts it, driven by `imagegen generate` and
+`imagegen invoke`, and how it fails when it cannot start.
 
 Real processes and real ports on 127.0.0.1: the stack in one subprocess (moto server, API on its
 own port, Lambda environments and the GPU worker as its child processes, result-event
-subscriber), the client in another. The last test runs ``LocalStack`` in this process to start,
-kill and replace GPU workers.
+subscriber), the client in another. The stack is built from a copy of template.yaml with one
+function variable changed, so what runs is shown to be the template's, and it records itself
+where `imagegen invoke` finds it, removing the record when it stops.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
@@ -22,9 +24,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from imagegen.client import ImagegenClient
 from imagegen.local.moto_server import free_port
-from imagegen.local.stack import LocalStack, LocalStackOptions
+from imagegen.local.running_stack import STATE_DIR_VARIABLE
 from imagegen_common.png import png_size
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -32,9 +33,9 @@ READY = "imagegen local stack ready"
 STARTUP_TIMEOUT_S = 240.0
 
 
-def cli_environment() -> dict[str, str]:
+def cli_environment(state_dir: Path | None = None) -> dict[str, str]:
     environment = dict(os.environ)
-    for name in ("AWS_ENDPOINT_URL", "MOTO_PORT", "MODEL_ID", "AWS_PROFILE"):
+    for name in ("AWS_ENDPOINT_URL", "MOTO_PORT", "MODEL_ID", "AWS_PROFILE", STATE_DIR_VARIABLE):
         environment.pop(name, None)
     environment.update(
         {
@@ -45,14 +46,18 @@ def cli_environment() -> dict[str, str]:
             "PYTHONUNBUFFERED": "1",
         }
     )
+    if state_dir is not None:
+        environment[STATE_DIR_VARIABLE] = str(state_dir)
     return environment
 
 
-def imagegen(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[str]:
+def imagegen(
+    *args: str, timeout: float = 120.0, state_dir: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "imagegen.cli", *args],
         cwd=REPO_ROOT,
-        env=cli_environment(),
+        env=cli_environment(state_dir),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -63,15 +68,16 @@ def imagegen(*args: str, timeout: float = 120.0) -> subprocess.CompletedProcess[
 class LocalStackProcess:
     """`imagegen local` in a subprocess; its output is collected line by line."""
 
-    def __init__(self, *args: str) -> None:
+    def __init__(self, *args: str, state_dir: Path | None = None) -> None:
         self.api_port = free_port()
         self.api_url = f"http://127.0.0.1:{self.api_port}"
+        self.state_dir = state_dir
         self.lines: list[str] = []
         self._changed = threading.Condition()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "imagegen.cli", "local", "--port", str(self.api_port), *args],
             cwd=REPO_ROOT,
-            env=cli_environment(),
+            env=cli_environment(state_dir),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -123,9 +129,25 @@ class LocalStackProcess:
                 self.process.kill()
 
 
+TTL_IN_THE_COPY = "1234"
+
+
 @pytest.fixture(scope="module")
-def local_stack() -> Iterator[LocalStackProcess]:
-    stack = LocalStackProcess("--parameter-overrides", "BlockedPromptTerms=forbidden-thing")
+def local_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStackProcess]:
+    folder = tmp_path_factory.mktemp("template-copy")
+    template = (REPO_ROOT / "template.yaml").read_text()
+    original = "PRESIGNED_URL_TTL_SECONDS: !Ref PresignedUrlTtlSeconds"
+    assert original in template
+    (folder / "template.yaml").write_text(
+        template.replace(original, f'PRESIGNED_URL_TTL_SECONDS: "{TTL_IN_THE_COPY}"')
+    )
+    for shared in ("functions", "layers", "statemachine", "events"):
+        (folder / shared).symlink_to(REPO_ROOT / shared)
+    stack = LocalStackProcess(
+        "--template", str(folder / "template.yaml"),
+        "--parameter-overrides", "BlockedPromptTerms=forbidden-thing",
+        state_dir=tmp_path_factory.mktemp("state"),
+    )  # fmt: skip
     try:
         stack.wait_for(READY, STARTUP_TIMEOUT_S)
         yield stack
@@ -133,6 +155,8 @@ def local_stack() -> Iterator[LocalStackProcess]:
         code = stack.stop()
     assert code == 0, "\n".join(stack.lines[-30:])
     assert stack.lines[-1] == "stopped"
+    assert stack.state_dir is not None
+    assert not (stack.state_dir / "local-stack.json").exists()  # its record went with it
 
 
 def execution_id_of(output: str) -> str:
@@ -168,6 +192,7 @@ def test_generate_runs_the_whole_workflow_and_the_event_url_downloads_the_png(
     assert event[0].startswith("[event] Image Generated")
     url = event[1].split(": ", 1)[1]
     assert url.startswith("http://127.0.0.1:")
+    assert f"X-Amz-Expires={TTL_IN_THE_COPY}" in url  # the template copy's variable ran
     downloaded = httpx.get(url)
     assert downloaded.status_code == 200
     assert png_size(downloaded.content) == (512, 512)
@@ -204,27 +229,25 @@ def test_an_invalid_prompt_fails_the_execution_with_a_failure_event(
     assert any("INVALID_PROMPT" in line and "forbidden-thing" in line for line in event)
 
 
-def test_a_changed_environment_variable_in_a_template_copy_is_what_runs(tmp_path: Path) -> None:
-    template = (REPO_ROOT / "template.yaml").read_text()
-    original = "PRESIGNED_URL_TTL_SECONDS: !Ref PresignedUrlTtlSeconds"
-    assert original in template
-    (tmp_path / "template.yaml").write_text(
-        template.replace(original, 'PRESIGNED_URL_TTL_SECONDS: "1234"')
+def test_invoke_finds_the_running_stack_through_its_record(
+    local_stack: LocalStackProcess,
+) -> None:
+    assert local_stack.state_dir is not None
+    record = json.loads((local_stack.state_dir / "local-stack.json").read_text())
+    assert record["pid"] == local_stack.process.pid
+
+    result = imagegen(
+        "invoke", "DescribeFailureFunction", "-e", "events/describe_failure.json",
+        "--template", record["template"], state_dir=local_stack.state_dir,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stderr
+    assert (
+        f"using the local stack at {record['aws_endpoint_url']} (pid {local_stack.process.pid})"
+        in result.stderr
     )
-    for shared in ("functions", "layers", "statemachine", "events"):
-        (tmp_path / shared).symlink_to(REPO_ROOT / shared)
-    stack = LocalStackProcess("--template", str(tmp_path / "template.yaml"))
-    try:
-        stack.wait_for(READY, STARTUP_TIMEOUT_S)
-        result = imagegen(
-            "generate", "a quiet harbour", "--backend", "gpu", "--out", str(tmp_path / "a.png"),
-            "--api-url", stack.api_url,
-        )  # fmt: skip
-        assert result.returncode == 0, result.stdout + result.stderr
-        event = stack.event_lines(execution_id_of(result.stdout))
-    finally:
-        assert stack.stop() == 0
-    assert "X-Amz-Expires=1234" in event[1]
+    assert "deploying" not in result.stderr
+    assert json.loads(result.stdout)["error"]["code"] == "CONTENT_FILTERED"
 
 
 def test_a_taken_port_fails_with_a_clear_message() -> None:
@@ -257,63 +280,3 @@ def test_a_model_the_worker_cannot_load_fails_with_the_workers_own_words() -> No
     assert "cannot load model 'no-such-org/no-such-model'" in result.stderr
     assert "gpu-worker-1 exited with status" in result.stderr
     assert "no-such-org/no-such-model" in result.stderr.split("its last lines:", 1)[1]
-
-
-class Lines:
-    """What the stack says, with a wait for a line."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-        self._changed = threading.Condition()
-
-    def __call__(self, line: str) -> None:
-        with self._changed:
-            self.lines.append(line)
-            self._changed.notify_all()
-
-    def wait_for(self, pattern: str, timeout_s: float) -> str:
-        compiled = re.compile(pattern)
-        deadline = time.monotonic() + timeout_s
-        with self._changed:
-            while True:
-                found = next((line for line in self.lines if compiled.search(line)), None)
-                if found is not None:
-                    return found
-                remaining = deadline - time.monotonic()
-                assert remaining > 0, f"no line matching {pattern!r}:\n" + "\n".join(
-                    self.lines[-40:]
-                )
-                self._changed.wait(remaining)
-
-
-def test_a_worker_killed_mid_batch_leaves_its_job_to_the_next_worker() -> None:
-    say = Lines()
-    options = LocalStackOptions(
-        api_port=0,
-        gpu_workers=0,  # scaled to zero: the job waits on the queue
-        parameters={"LogLevel": "WARNING", "AllowedSizes": "128x128,512x512"},
-        function_environment={"POWERTOOLS_METRICS_DISABLED": "true"},
-        # A killed worker's message reappears after 6 s instead of a minute.
-        worker_environment={"VISIBILITY_TIMEOUT_SECONDS": "6", "HEARTBEAT_INTERVAL_SECONDS": "2"},
-    )
-    with LocalStack(options, say=say) as stack, ImagegenClient(stack.api_url, "workers") as api:
-        assert stack.workers == []
-        with pytest.raises(RuntimeError, match="another LocalStack is running"):
-            LocalStack(LocalStackOptions(api_port=0, gpu_workers=0)).start()
-        request = {"prompt": "a kite", "backend": "gpu", "width": 512, "height": 512}
-        execution_id = api.submit({**request, "num_images": 2})["execution_id"]
-
-        first = stack.start_worker()
-        say.wait_for(rf"^\[{first.name}\] .*job {execution_id} accepted", timeout_s=120)
-        assert stack.kill_worker(first) == -signal.SIGKILL  # two 512x512 images take seconds
-        second = stack.start_worker()
-        event = stack.wait_for_event(execution_id, timeout_s=180)
-
-        assert stack.workers == [second]
-    assert event is not None
-    assert event["detail-type"] == "Image Generated"
-    assert len(event["detail"]["images"]) == 2
-    reported = rf"job {execution_id} reported"
-    assert not any(re.search(reported, line) for line in say.lines if f"[{first.name}]" in line)
-    assert any(re.search(reported, line) for line in say.lines if f"[{second.name}]" in line)
-    assert not second.alive  # stopped with the stack

@@ -13,18 +13,11 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from imagegen.local.running_stack import (
-    STATE_DIR_VARIABLE,
-    StackRecord,
-    remove_record,
-    write_record,
-)
-from imagegen.local.stack import LocalStack, LocalStackOptions
+from tests.e2e.local_stack_harness import Harness
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 README = REPOSITORY / "README.md"
@@ -54,38 +47,15 @@ def test_the_readme_marks_its_runnable_examples() -> None:
         assert MAKE_RUN_URL in script or "$API" in script, f"README.md:{line} calls nothing"
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalStack]:
-    # `make run`'s stack (imagegen local --allow-loopback-webhooks), on a free port, recorded as
-    # `imagegen local` records it (`imagegen webhook listen` reads its secret through the record),
-    # in a folder of its own: a `make run` of this checkout is never the one found.
-    options = LocalStackOptions(api_port=0, allow_loopback_webhooks=True)
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv(STATE_DIR_VARIABLE, str(tmp_path_factory.mktemp("state")))
-        with LocalStack(options, say=lambda line: None) as started:
-            record = StackRecord.now(
-                aws_endpoint_url=started.endpoint_url,
-                api_url=started.api_url,
-                stack_name=started.options.stack_name,
-                region=started.options.region,
-                template=started.options.template,
-            )
-            write_record(record)
-            try:
-                yield started
-            finally:
-                remove_record(record)
-
-
 EXAMPLES = runnable_examples(README.read_text())
 
 
 @pytest.mark.parametrize(
     "script", [script for _, script in EXAMPLES], ids=[f"README.md:{n}" for n, _ in EXAMPLES]
 )
-def test_readme_example_runs_as_written(stack: LocalStack, script: str) -> None:
+def test_readme_example_runs_as_written(harness: Harness, script: str) -> None:
     # Only the port differs from `make run`'s.
-    adapted = script.replace(MAKE_RUN_URL, stack.api_url)
+    adapted = script.replace(MAKE_RUN_URL, harness.stack.api_url)
     environment = {
         **os.environ,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}",

@@ -1,96 +1,172 @@
-"""Faults: no worker for a while, a worker killed mid-batch, a full GPU backlog.
+"""Faults: no worker for a while (with a full GPU backlog), a worker killed mid-job.
 
-The promises of the README's "Guarantees" section, on the whole local stack: every job ends, with
-exactly one result event matching its final status; a job outlives its worker; a backlog the
-deadline cannot absorb is refused with 429. Counts and waits are bounded; loopback only.
+The promises of the README's "Guarantees" section (docs/guarantees.md), on the whole local stack:
+every job ends, with exactly one result event matching its final status; a queued job keeps its
+place and reports it; a job outlives its worker, and its progress ends with it; a backlog the
+deadline cannot absorb is refused with 429. What travels for progress: the worker's "Image
+Generation Progress" events (gpu_service.progress) on the stack's bus ->
+RecordJobProgressFunction -> the jobs table -> GET /generate/{id} (stage, queue_position,
+progress). Counts and waits are bounded; loopback only.
 """
 
 from __future__ import annotations
 
 import collections
+import itertools
+import re
+import signal
 import time
-from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
-from tests.e2e.local_stack_harness import (
-    FAST_REDELIVERY,
-    Harness,
-    gpu_backlog,
-    local_stack,
-    until,
-)
+from imagegen.local.stack import LocalStack, LocalStackOptions
+from tests.e2e.local_stack_harness import FAST_REDELIVERY, TERMINAL, Harness, until
+
+JOBS = 4
+STEPS = 30
+ONE_JOB_AT_A_TIME = {
+    "DEFAULT_STEPS": str(STEPS),
+    # One job at a time: the others stay queued behind it and their positions fall one by one.
+    "MAX_BATCH": "1",
+    "MAX_MESSAGES": "1",
+    # More step events than the default 1/s, so a poll sees steps move within a short job.
+    "PROGRESS_INTERVAL_SECONDS": "0.3",
+}
+# The tiny model at 256x256 takes tens of milliseconds per denoising step here, so a job of 30
+# steps lasts long enough (about a second) to be watched.
+GPU_JOB = {"backend": "gpu", "width": 256, "height": 256}
 
 
-@pytest.fixture
-def no_worker() -> Iterator[Harness]:
-    """The stack with no GPU worker yet, and quick redelivery of a dead worker's jobs."""
-    yield from local_stack(gpu_workers=0, worker_environment=dict(FAST_REDELIVERY))
+@dataclass
+class Watched:
+    """What the polls of one job saw, in order."""
+
+    positions: list[int] = field(default_factory=list)  # queue_position while queued
+    steps: list[int] = field(default_factory=list)  # progress.step while generating
+    last: dict[str, Any] = field(default_factory=dict)
 
 
-def test_jobs_wait_for_a_worker_that_starts_late(no_worker: Harness) -> None:
-    """Scale from zero: waiting in the queue is not a dead worker, however long it lasts."""
-    execution_ids = [
-        no_worker.submit({"prompt": f"early {index}", "backend": "gpu"}) for index in range(5)
-    ]
+def _watch(harness: Harness, execution_ids: list[str], timeout_s: float) -> dict[str, Watched]:
+    """Poll every job until all have ended (or ``timeout_s``), recording what each poll saw."""
+    watched = {execution_id: Watched() for execution_id in execution_ids}
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for execution_id, seen in watched.items():
+            if seen.last.get("status") in TERMINAL:
+                continue
+            status = harness.status(execution_id)
+            seen.last = status
+            if status.get("stage") == "queued" and status.get("queue_position") is not None:
+                seen.positions.append(status["queue_position"])
+            progress = status.get("progress") or {}
+            if status.get("stage") == "generating" and progress.get("unit") == "steps":
+                seen.steps.append(progress["step"])
+        if all(seen.last.get("status") in TERMINAL for seen in watched.values()):
+            break
+        time.sleep(0.15)
+    return watched
+
+
+def _moved_up(steps: list[int]) -> bool:
+    """Two polls of one call saw the step rise (a redone or later call starts again at 0)."""
+    return any(0 < earlier < later for earlier, later in itertools.pairwise(steps))
+
+
+@pytest.mark.gpu_workers(0)
+def test_gpu_jobs_wait_at_zero_workers_up_to_the_backlog_then_a_late_worker_takes_them_in_line(
+    harness: Harness,
+) -> None:
+    """Scale from zero, and what a client sees of it.
+
+    With no worker, GPU jobs wait in the queue with their positions, for as long as it takes:
+    longer than a worker's visibility timeout is not a dead worker. Past GpuMaxBacklog the API
+    answers 429 with Retry-After, while Bedrock jobs are still accepted. A worker that starts
+    late takes them one at a time: each job's position only falls, its denoising steps move up,
+    and it ends with exactly one event.
+    """
+    # GpuMaxBacklog, set on ApiFunction for this test as `aws lambda
+    # update-function-configuration` would.
+    with harness.stack.function_environment("ApiFunction", GPU_MAX_BACKLOG=str(JOBS)):
+        execution_ids = [harness.submit({"prompt": f"queued {i}", **GPU_JOB}) for i in range(JOBS)]
+        until(
+            lambda: all(harness.status(e).get("queue_position") is not None for e in execution_ids),
+            60,
+            "every job queued with a position",
+        )
+        positions = [harness.status(e)["queue_position"] for e in execution_ids]
+        assert sorted(positions) == list(range(JOBS)), positions  # jobs ahead: 0, 1, 2, 3
+        until(lambda: harness.gpu_backlog() >= JOBS, 30, "the jobs to reach the GPU queue")
+
+        refused = harness.request("POST", "/generate", {"prompt": "one too many", **GPU_JOB})
+
+        assert refused.status_code == 429, refused.text
+        assert int(refused.headers["Retry-After"]) > 0
+        assert refused.json()["error"]["code"] == "TOO_MANY_REQUESTS"
+        # Bedrock jobs do not wait on the GPU queue: still accepted.
+        bedrock = harness.submit({"prompt": "not for the GPU", "backend": "bedrock"})
+
     # Longer than the worker's visibility timeout and many heartbeat intervals: under the old
     # heartbeat design these jobs would have been declared dead here.
     waited_until = time.monotonic() + 3 * float(FAST_REDELIVERY["VISIBILITY_TIMEOUT_SECONDS"])
     while time.monotonic() < waited_until:
         for execution_id in execution_ids:
-            assert no_worker.status(execution_id)["status"] == "RUNNING"
+            assert harness.status(execution_id)["status"] == "RUNNING"
         time.sleep(1)
 
-    no_worker.stack.start_worker()
+    harness.stack.start_worker(ONE_JOB_AT_A_TIME)
+    watched = _watch(harness, execution_ids, timeout_s=180)
 
-    final = no_worker.wait_until_ended(execution_ids, timeout_s=180)
-    assert collections.Counter(final.values()) == {"SUCCEEDED": 5}
-    no_worker.assert_one_matching_event_each(final)
+    for execution_id, seen in watched.items():
+        assert seen.last["status"] == "SUCCEEDED", (execution_id, seen.last)
+        assert seen.last["stage"] == "succeeded"
+        assert seen.positions == sorted(seen.positions, reverse=True), seen.positions  # never up
+    last_in_line = watched[execution_ids[positions.index(JOBS - 1)]]
+    assert min(last_in_line.positions) < JOBS - 1, last_in_line.positions  # it moved up the line
+    assert any(_moved_up(seen.steps) for seen in watched.values()), {
+        execution_id: seen.steps for execution_id, seen in watched.items()
+    }
+    final = harness.wait_until_ended([*execution_ids, bedrock], timeout_s=60)
+    assert collections.Counter(final.values()) == {"SUCCEEDED": JOBS + 1}
+    harness.assert_one_matching_event_each(final)
+    assert not harness.server_errors
 
 
-def test_a_worker_killed_mid_batch_hands_its_jobs_to_another(no_worker: Harness) -> None:
-    first = no_worker.stack.start_worker()
-    # 512x512 makes the tiny model take seconds per image: the kill lands mid-batch.
-    execution_id = no_worker.submit(
-        {
-            "prompt": "survives its worker",
-            "backend": "gpu",
-            "width": 512,
-            "height": 512,
-            "num_images": 2,
-        }
-    )
-    until(lambda: no_worker.messages_in_flight() > 0, 60, "the worker to take the job")
-    until(lambda: any("accepted" in line for line in first.last_lines), 30, "the job to start")
+@pytest.mark.gpu_workers(0)
+def test_a_worker_killed_mid_job_leaves_it_to_the_next_worker_and_its_progress_ends(
+    harness: Harness,
+) -> None:
+    stack = harness.stack
+    with pytest.raises(RuntimeError, match="another LocalStack is running"):
+        LocalStack(LocalStackOptions(api_port=0, gpu_workers=0)).start()
+    # Four images of 30 steps, one per call: the job lasts several calls, so the kill lands
+    # inside it, after its steps have been reported.
+    first = stack.start_worker(ONE_JOB_AT_A_TIME)
+    execution_id = harness.submit({"prompt": "outlives its worker", **GPU_JOB, "num_images": 4})
 
-    assert no_worker.stack.kill_worker(first) != 0
-    no_worker.stack.start_worker()
+    def generating() -> bool:
+        status = harness.status(execution_id)
+        return (
+            status.get("stage") == "generating"
+            and (status.get("progress") or {}).get("step", 0) > 0
+        )
 
-    final = no_worker.wait_until_ended([execution_id], timeout_s=180)
+    until(generating, 90, "the job's steps to be reported")
+    assert stack.kill_worker(first) == -signal.SIGKILL
+    stuck = harness.status(execution_id)
+    assert stuck["status"] == "RUNNING" and stuck["stage"] in ("generating", "storing")
+    second = stack.start_worker(ONE_JOB_AT_A_TIME)
+
+    final = harness.wait_until_ended([execution_id], timeout_s=180)
+
     assert final[execution_id] == "SUCCEEDED"
-    no_worker.assert_one_matching_event_each(final)
-
-
-@pytest.fixture
-def small_backlog() -> Iterator[Harness]:
-    """No GPU worker yet, and room for three waiting GPU jobs."""
-    yield from local_stack(parameters={"GpuMaxBacklog": "3"}, gpu_workers=0)
-
-
-def test_a_full_gpu_backlog_answers_429_with_retry_after(small_backlog: Harness) -> None:
-    harness = small_backlog
-    accepted = [
-        harness.submit({"prompt": f"queued {index}", "backend": "gpu"}) for index in range(3)
-    ]
-    until(lambda: gpu_backlog(harness) >= 3, 30, "the jobs to reach the GPU queue")
-
-    refused = harness.request("POST", "/generate", {"prompt": "one too many", "backend": "gpu"})
-
-    assert refused.status_code == 429, refused.text
-    assert int(refused.headers["Retry-After"]) > 0
-    assert refused.json()["error"]["code"] == "TOO_MANY_REQUESTS"
-    # Bedrock jobs do not wait on the GPU queue: still accepted.
-    harness.submit({"prompt": "not for the GPU", "backend": "bedrock"})
-    harness.stack.start_worker()
-    final = harness.wait_until_ended(accepted, timeout_s=120)
-    assert collections.Counter(final.values()) == {"SUCCEEDED": 3}
+    done = harness.status(execution_id)
+    assert done["stage"] == "succeeded"  # terminal: the progress did not stay behind
+    assert len(done["images"]) == 4
+    harness.assert_one_matching_event_each(final)
+    assert stack.workers == [second]
+    reported = re.compile(rf"job {execution_id} reported")
+    assert not any(reported.search(line) for line in first.last_lines)
+    assert any(reported.search(line) for line in second.last_lines)
+    assert not harness.server_errors

@@ -10,7 +10,6 @@ from __future__ import annotations
 import collections
 import json
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import boto3
@@ -26,22 +25,18 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from tests.e2e.local_stack_harness import Harness, local_stack
+from tests.e2e.local_stack_harness import Harness
+
+# Each test runs on the shared local stack with its one GPU worker (the harness's default).
 
 
-@pytest.fixture(scope="module")
-def one_worker() -> Iterator[Harness]:
-    """The stack with one GPU worker, shared by the tests that leave it as they found it."""
-    yield from local_stack(gpu_workers=1)
-
-
-def test_a_hundred_gpu_jobs_at_once_all_succeed(one_worker: Harness) -> None:
+def test_a_hundred_gpu_jobs_at_once_all_succeed(harness: Harness) -> None:
     submitted: list[str] = []
     refused: list[str] = []
 
     def submit(index: int) -> None:
         try:
-            submitted.append(one_worker.submit({"prompt": f"load {index}", "backend": "gpu"}))
+            submitted.append(harness.submit({"prompt": f"load {index}", "backend": "gpu"}))
         except httpx.TransportError as error:  # refused, reset: what the old server did
             refused.append(repr(error))
 
@@ -50,15 +45,15 @@ def test_a_hundred_gpu_jobs_at_once_all_succeed(one_worker: Harness) -> None:
 
     assert refused == []
     assert len(submitted) == 100
-    final = one_worker.wait_until_ended(submitted, timeout_s=400)
+    final = harness.wait_until_ended(submitted, timeout_s=400)
     assert collections.Counter(final.values()) == {"SUCCEEDED": 100}
-    one_worker.assert_one_matching_event_each(final)
-    assert one_worker.server_errors == []
+    harness.assert_one_matching_event_each(final)
+    assert harness.server_errors == []
 
 
-def test_poison_messages_do_not_stop_the_worker(one_worker: Harness) -> None:
+def test_poison_messages_do_not_stop_the_worker(harness: Harness) -> None:
     sqs = boto3.client("sqs")
-    queue_url = one_worker.queue_url("GpuJobQueue")
+    queue_url = harness.queue_url("GpuJobQueue")
     poison = [
         "[" * 10_000 + "]" * 10_000,
         '{"task_token": "x", "job": ' + "9" * 5000 + "}",
@@ -69,16 +64,16 @@ def test_poison_messages_do_not_stop_the_worker(one_worker: Harness) -> None:
     for body in poison:
         sqs.send_message(QueueUrl=queue_url, MessageBody=body)
 
-    execution_id = one_worker.submit({"prompt": "after the poison", "backend": "gpu"})
+    execution_id = harness.submit({"prompt": "after the poison", "backend": "gpu"})
 
-    final = one_worker.wait_until_ended([execution_id], timeout_s=120)
+    final = harness.wait_until_ended([execution_id], timeout_s=120)
     assert final[execution_id] == "SUCCEEDED"
-    assert all(worker.alive for worker in one_worker.stack.workers)
-    one_worker.assert_one_matching_event_each(final)
+    assert all(worker.alive for worker in harness.stack.workers)
+    harness.assert_one_matching_event_each(final)
 
 
 @pytest.mark.parametrize("backend", ["gpu", "bedrock"])
-def test_cancels_racing_the_work_leave_one_event_per_job(one_worker: Harness, backend: str) -> None:
+def test_cancels_racing_the_work_leave_one_event_per_job(harness: Harness, backend: str) -> None:
     """DELETE lands anywhere from before validation to after the end; whatever wins, each job
     ends with exactly one event, and that event matches its final status."""
     delays = [0.0, 0.05, 0.1, 0.2, 0.4, 0.8, 1.2, 2.0]
@@ -86,31 +81,31 @@ def test_cancels_racing_the_work_leave_one_event_per_job(one_worker: Harness, ba
     answers: list[int] = []
 
     def submit_then_cancel(delay: float) -> None:
-        execution_id = one_worker.submit(
+        execution_id = harness.submit(
             {"prompt": f"race {delay}", "backend": backend, "num_images": 2}
         )
         execution_ids.append(execution_id)
         time.sleep(delay)  # where in the job the DELETE lands is what this test varies
-        answers.append(one_worker.request("DELETE", f"/generate/{execution_id}").status_code)
+        answers.append(harness.request("DELETE", f"/generate/{execution_id}").status_code)
         # A second DELETE never sends a second event: 202 again while stopping, 409 once ended.
-        answers.append(one_worker.request("DELETE", f"/generate/{execution_id}").status_code)
+        answers.append(harness.request("DELETE", f"/generate/{execution_id}").status_code)
 
     with ThreadPoolExecutor(max_workers=len(delays)) as pool:
         list(pool.map(submit_then_cancel, delays))
 
     assert set(answers) <= {202, 409}, answers
-    final = one_worker.wait_until_ended(execution_ids, timeout_s=120)
+    final = harness.wait_until_ended(execution_ids, timeout_s=120)
     assert set(final.values()) <= {"SUCCEEDED", "ABORTED"}, final
-    one_worker.assert_one_matching_event_each(final)
-    assert one_worker.server_errors == []
+    harness.assert_one_matching_event_each(final)
+    assert harness.server_errors == []
 
 
 @pytest.mark.parametrize("mode", [GenerationMode.POSITIVE, GenerationMode.NEGATIVE])
 def test_the_served_api_answers_as_its_openapi_document_says(
-    one_worker: Harness, mode: GenerationMode
+    harness: Harness, mode: GenerationMode
 ) -> None:
     """Schemathesis over real HTTP: the gateway, the function, the error shapes, every route."""
-    schema = schemathesis.openapi.from_url(f"{one_worker.stack.api_url}/openapi.json")
+    schema = schemathesis.openapi.from_url(f"{harness.stack.api_url}/openapi.json")
     checks = [
         not_a_server_error,
         status_code_conformance,
@@ -125,8 +120,8 @@ def test_the_served_api_answers_as_its_openapi_document_says(
         )
         def answers_as_documented(case: schemathesis.Case) -> None:
             case.call_and_validate(
-                base_url=one_worker.stack.api_url,
-                headers={"x-api-key": "fuzzer"},
+                base_url=harness.stack.api_url,
+                headers={"x-api-key": harness.api_key},
                 checks=checks,
                 timeout=60,
             )

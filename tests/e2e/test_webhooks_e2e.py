@@ -1,15 +1,15 @@
 """Signed webhooks end to end on the local stack: retries, 410, dead letters, the stack-wide URL,
 the SSRF guard at submit, and many jobs at once.
 
-One stack for the module, started with --allow-loopback-webhooks (receivers on 127.0.0.1), the
-stack-wide WebhookUrl pointing at the receiver's /default path, and 1-second retry steps with 3
-attempts, so that retries and the dead-letter queue show within seconds.
+The shared stack runs with loopback webhooks allowed (receivers on 127.0.0.1), the stack-wide
+WebhookUrl pointing at the session's receiver's /default path, and 1-second retry steps with 3
+attempts, so that retries and the dead-letter queue show within seconds. Each test's receiver
+paths are its own; its jobs are Bedrock jobs (the local stand-in).
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -18,10 +18,9 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from imagegen.webhooks import whsec_form
-from tests.e2e.local_stack_harness import Harness, local_stack, until
+from tests.e2e.local_stack_harness import Harness, until
 from tests.webhook_receiver import Received, WebhookReceiver
 
-ATTEMPTS = 3
 WEBHOOK_TYPE_FOR_STATUS = {
     "SUCCEEDED": "image.generated",
     "FAILED": "image.generation_failed",
@@ -31,26 +30,12 @@ WEBHOOK_TYPE_FOR_STATUS = {
 DEADLINE_S = 120.0
 
 
-@pytest.fixture(scope="module")
-def receiver() -> Iterator[WebhookReceiver]:
-    with WebhookReceiver([200]) as receiver:
-        yield receiver
+@pytest.fixture
+def receiver(webhook_receiver: WebhookReceiver) -> WebhookReceiver:
+    return webhook_receiver
 
 
-@pytest.fixture(scope="module")
-def harness(receiver: WebhookReceiver) -> Iterator[Harness]:
-    yield from local_stack(
-        {
-            "WebhookUrl": receiver.url("/default"),
-            "WebhookRetryScheduleSeconds": "1",
-            "WebhookDeliveryAttempts": str(ATTEMPTS),
-        },
-        gpu_workers=0,
-        allow_loopback_webhooks=True,
-    )
-
-
-@pytest.fixture(scope="module")
+@pytest.fixture
 def secret(harness: Harness) -> str:
     assert harness.stack.stack is not None
     function = harness.stack.stack.functions["WebhookDeliveryFunction"]
@@ -62,6 +47,7 @@ def secret(harness: Harness) -> str:
 def job(path: str, receiver: WebhookReceiver, **webhook: Any) -> dict[str, Any]:
     return {
         "prompt": "a lighthouse on a cliff at dawn",
+        "backend": "bedrock",
         "webhook": {"url": receiver.url(path), **webhook},
     }
 
@@ -151,7 +137,9 @@ def test_a_private_webhook_address_is_refused_at_submit(harness: Harness) -> Non
 def test_jobs_without_a_webhook_go_to_the_stack_wide_url(
     harness: Harness, receiver: WebhookReceiver, secret: str
 ) -> None:
-    execution_id = harness.submit({"prompt": "a lighthouse, no webhook of its own"})
+    execution_id = harness.submit(
+        {"prompt": "a lighthouse, no webhook of its own", "backend": "bedrock"}
+    )
 
     receiver.wait_for(
         lambda all_: bool(for_job(all_, execution_id, "/default")), DEADLINE_S, "the delivery"
@@ -170,7 +158,8 @@ def test_410_disables_the_webhook_and_nothing_more_is_sent(
         lambda all_: bool(for_job(all_, execution_id, "/gone")), DEADLINE_S, "the first delivery"
     )
     harness.wait_until_ended([execution_id], DEADLINE_S)
-    harness.events_by_execution([execution_id])  # the result event has been published
+    # Every event of the job is on the bus, so in the delivery queue; then none is waiting.
+    harness.events_by_execution([execution_id])
     until(lambda: deliveries_settled(harness), 30, "the delivery queue to settle")
     assert len(for_job(receiver.received, execution_id, "/gone")) == 1
 
@@ -181,7 +170,9 @@ def test_a_receiver_that_stays_down_gets_attempts_then_the_dead_letter_queue(
     down = WebhookReceiver([200]).start()
     url = down.url("/down")
     down.stop()  # connection refused from now on
-    execution_id = harness.submit({"prompt": "nobody listens", "webhook": {"url": url}})
+    execution_id = harness.submit(
+        {"prompt": "nobody listens", "backend": "bedrock", "webhook": {"url": url}}
+    )
 
     sqs = boto3.client("sqs")
     dead_letters = harness.queue_url("WebhookDeliveryDeadLetterQueue")

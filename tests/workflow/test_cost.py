@@ -13,12 +13,7 @@ from gpu_service.engine import ImageSpec
 from gpu_service.settings import Settings
 from gpu_service.worker import Worker
 from imagegen_common.pricing import BEDROCK_IMAGE_PRICES
-from tests.workflow.test_workflow import (  # noqa: F401 - fixtures used by name
-    Workflow,
-    tiny_png,
-    workflow,
-    workflow_factory,
-)
+from tests.workflow.conftest import Workflow, tiny_png
 
 CORE = "stability.stable-image-core-v1:1"
 CALL_SECONDS = 4.0
@@ -46,7 +41,7 @@ class _TimedEngine:
 
 
 @pytest.fixture
-def gpu_worker(workflow: Workflow) -> Iterator[Callable[[], None]]:  # noqa: F811
+def gpu_worker(workflow: Workflow) -> Iterator[Callable[[], None]]:
     """``start()``: the real queue worker on the stack's GPU queue, with a timed stand-in engine."""
     stop = threading.Event()
     threads: list[threading.Thread] = []
@@ -71,25 +66,25 @@ def gpu_worker(workflow: Workflow) -> Iterator[Callable[[], None]]:  # noqa: F81
         assert not thread.is_alive(), "the GPU worker did not stop"
 
 
-def test_a_bedrock_job_costs_the_models_price_per_image_made(workflow: Workflow) -> None:  # noqa: F811
+def test_a_bedrock_job_costs_the_models_price_per_image_made(workflow: Workflow) -> None:
     execution_id = workflow.submit({"prompt": "two lighthouses", "num_images": 2})
 
     assert workflow.wait(execution_id)["status"] == "SUCCEEDED"
-    [event] = workflow.result_events()
+    [event] = workflow.result_events(execution_id)
     detail = assert_event_11(event, "Image Generated", execution_id)
     assert detail["cost"]["usd"] == pytest.approx(2 * BEDROCK_IMAGE_PRICES[CORE].usd)
     assert detail["cost"]["basis"].startswith(f"2 x Bedrock price per image ({CORE}, $0.04")
 
 
 def test_a_gpu_job_costs_its_share_of_the_measured_seconds(
-    workflow: Workflow,  # noqa: F811
+    workflow: Workflow,
     gpu_worker: Callable[[], None],
 ) -> None:
     gpu_worker()
     execution_id = workflow.submit({"prompt": "a red bicycle", "backend": "gpu", "num_images": 2})
 
     assert workflow.wait(execution_id)["status"] == "SUCCEEDED"
-    [event] = workflow.result_events()
+    [event] = workflow.result_events(execution_id)
     detail = assert_event_11(event, "Image Generated", execution_id)
     # One pipeline call made both images: the job pays the whole call.
     assert detail["cost"]["usd"] == pytest.approx(CALL_SECONDS * PRICE_PER_HOUR / 3600, abs=1e-8)
@@ -98,12 +93,12 @@ def test_a_gpu_job_costs_its_share_of_the_measured_seconds(
     )
 
 
-def test_a_failed_job_reports_zero_spent_with_its_basis(workflow: Workflow) -> None:  # noqa: F811
+def test_a_failed_job_reports_zero_spent_with_its_basis(workflow: Workflow) -> None:
     workflow.bedrock.fail_next("filter_output", times=1)
     execution_id = workflow.submit({"prompt": "a filtered picture"})
 
     assert workflow.wait(execution_id)["status"] == "FAILED"
-    [event] = workflow.result_events()
+    [event] = workflow.result_events(execution_id)
     detail = assert_event_11(event, "Image Generation Failed", execution_id)
     assert detail["cost"]["usd"] == 0
     assert "no image was made" in detail["cost"]["basis"]

@@ -8,220 +8,16 @@ status, the PNGs in S3 and the event a subscriber queue received.
 
 from __future__ import annotations
 
-import copy
 import json
-import threading
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import boto3
 import pytest
 
-from imagegen.local.deploy import DeployedStack, deploy_stack
-from imagegen.local.fake_bedrock import FakeBedrock
-from imagegen.local.moto_aws import LocalAws
-from imagegen_common.models import GenerationResult, GpuJobMessage, ImageOutcome
-from tests.conftest import REPO_ROOT, load_event
-
-TERMINAL = {"SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"}
-GPU_PNG_SIZE = (512, 512)
-
-
-def tiny_png(width: int, height: int) -> bytes:
-    """A real, decodable PNG (what the test GPU worker 'generates')."""
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (width, height), (40, 90, 160)).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def decoded_size(png: bytes) -> tuple[int, int]:
-    """Decode the whole PNG (not just its header) and return its size."""
-    import io
-
-    from PIL import Image
-
-    with Image.open(io.BytesIO(png)) as image:
-        assert image.format == "PNG"
-        image.load()
-        return image.size
-
-
-@dataclass
-class Workflow:
-    stack: DeployedStack
-    bedrock: FakeBedrock
-    api: Callable[[dict[str, Any]], dict[str, Any]]
-    worker_threads: list[threading.Thread] = field(default_factory=list)
-    closing: threading.Event = field(default_factory=threading.Event)
-    """Set when the test ends: the stand-in GPU workers stop before moto closes."""
-
-    @property
-    def sfn(self) -> Any:
-        return boto3.client("stepfunctions")
-
-    @property
-    def bucket(self) -> str:
-        return self.stack.only("buckets")
-
-    def submit(self, body: dict[str, Any], api_key_id: str = "key-a") -> str:
-        event = copy.deepcopy(load_event("api_post_generate.json"))
-        event["body"] = json.dumps(body)
-        event["requestContext"]["identity"]["apiKeyId"] = api_key_id
-        response = self.api(event)
-        assert response["statusCode"] == 202, response["body"]
-        return str(json.loads(response["body"])["execution_id"])
-
-    def status(self, execution_id: str, method: str = "GET") -> tuple[int, dict[str, Any]]:
-        name = "api_get_generate.json" if method == "GET" else "api_delete_generate.json"
-        event = copy.deepcopy(load_event(name))
-        event["pathParameters"] = {"execution_id": execution_id}
-        event["path"] = f"/generate/{execution_id}"
-        event["requestContext"]["identity"]["apiKeyId"] = "key-a"
-        response = self.api(event)
-        return response["statusCode"], json.loads(response["body"])
-
-    def wait(self, execution_id: str, timeout_s: float = 60) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        arn = self.execution_arn(execution_id)
-        while time.monotonic() < deadline:
-            execution: dict[str, Any] = self.sfn.describe_execution(executionArn=arn)
-            if execution["status"] in TERMINAL:
-                return execution
-            time.sleep(0.1)
-        raise AssertionError(f"{execution_id} still running after {timeout_s} s")
-
-    def execution_arn(self, execution_id: str) -> str:
-        machine = self.stack.only("state_machines")
-        return machine.replace(":stateMachine:", ":execution:") + ":" + execution_id
-
-    def result_events(self, count: int = 1, timeout_s: float = 20) -> list[dict[str, Any]]:
-        """Events the template's ResultEventsQueue (a queue subscriber) received."""
-        queue_url = self.stack.queues["ResultEventsQueue"]
-        sqs = boto3.client("sqs")
-        received: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout_s
-        while len(received) < count and time.monotonic() < deadline:
-            answer = sqs.receive_message(
-                QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
-            )
-            for message in answer.get("Messages", []):
-                received.append(json.loads(message["Body"]))
-                sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
-        return received
-
-    def settled_result_events(
-        self, quiet_s: float = 2.0, timeout_s: float = 20
-    ) -> list[dict[str, Any]]:
-        """Every result event, once none has arrived for ``quiet_s`` (so a second one shows)."""
-        queue_url = self.stack.queues["ResultEventsQueue"]
-        sqs = boto3.client("sqs")
-        received: list[dict[str, Any]] = []
-        deadline = time.monotonic() + timeout_s
-        last_arrival = time.monotonic()
-        while time.monotonic() < deadline:
-            if received and time.monotonic() - last_arrival >= quiet_s:
-                break
-            answer = sqs.receive_message(
-                QueueUrl=queue_url, MaxNumberOfMessages=10, WaitTimeSeconds=1
-            )
-            for message in answer.get("Messages", []):
-                received.append(json.loads(message["Body"]))
-                sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
-                last_arrival = time.monotonic()
-        return received
-
-    def png(self, key: str) -> bytes:
-        return bytes(boto3.client("s3").get_object(Bucket=self.bucket, Key=key)["Body"].read())
-
-    def serve_gpu_queue(self, behaviour: str = "succeed", jobs: int = 1) -> None:
-        """A stand-in for the GPU worker: take jobs off the queue and report with the token."""
-
-        def work() -> None:
-            sqs = boto3.client("sqs")
-            queue_url = self.stack.queues["GpuJobQueue"]
-            done = 0
-            deadline = time.monotonic() + 60
-            while done < jobs and not self.closing.is_set() and time.monotonic() < deadline:
-                answer = sqs.receive_message(QueueUrl=queue_url, WaitTimeSeconds=1)
-                for message in answer.get("Messages", []):
-                    job_message = GpuJobMessage.model_validate_json(message["Body"])
-                    if behaviour == "die":
-                        # A worker that took the job and died: no report, no delete; the
-                        # message comes back at once (visibility 0) for the next one.
-                        sqs.change_message_visibility(
-                            QueueUrl=queue_url,
-                            ReceiptHandle=message["ReceiptHandle"],
-                            VisibilityTimeout=0,
-                        )
-                        done += 1
-                        continue
-                    self._complete_gpu_job(job_message)
-                    sqs.delete_message(QueueUrl=queue_url, ReceiptHandle=message["ReceiptHandle"])
-                    done += 1
-
-        thread = threading.Thread(target=work, daemon=True)
-        thread.start()
-        self.worker_threads.append(thread)
-
-    def _complete_gpu_job(self, message: GpuJobMessage) -> None:
-        job = message.job
-        outcomes = []
-        for slot in job.images:
-            boto3.client("s3").put_object(
-                Bucket=job.bucket or self.bucket, Key=slot.s3_key, Body=tiny_png(*GPU_PNG_SIZE)
-            )
-            outcomes.append(
-                ImageOutcome(
-                    index=slot.index,
-                    seed=slot.seed,
-                    bucket=job.bucket or self.bucket,
-                    s3_key=slot.s3_key,
-                    width=GPU_PNG_SIZE[0],
-                    height=GPU_PNG_SIZE[1],
-                )
-            )
-        self.sfn.send_task_success(
-            taskToken=message.task_token,
-            output=GenerationResult(images=outcomes).model_dump_json(),
-        )
-
-
-@pytest.fixture
-def workflow_factory(
-    aws: LocalAws, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[Callable[..., Workflow]]:
-    with FakeBedrock() as bedrock:
-        monkeypatch.setenv("AWS_ENDPOINT_URL_BEDROCK_RUNTIME", bedrock.endpoint_url)
-        created: list[Workflow] = []
-
-        def create(template: Path = REPO_ROOT / "template.yaml", **parameters: str) -> Workflow:
-            stack = deploy_stack(template, parameters=parameters or None)
-            workflow = Workflow(
-                stack=stack,
-                bedrock=bedrock,
-                api=lambda event: stack.invoke("ApiFunction", event),
-            )
-            created.append(workflow)
-            return workflow
-
-        yield create
-        for workflow in created:
-            workflow.closing.set()
-            for thread in workflow.worker_threads:
-                thread.join(timeout=5)
-                assert not thread.is_alive(), "a stand-in GPU worker did not stop"
-
-
-@pytest.fixture
-def workflow(workflow_factory: Callable[..., Workflow]) -> Workflow:
-    return workflow_factory(BlockedPromptTerms="forbidden-thing")
+from tests.conftest import REPO_ROOT
+from tests.workflow.conftest import GPU_PNG_SIZE, Workflow, decoded_size
 
 
 def assert_event(event: dict[str, Any], detail_type: str, execution_id: str) -> dict[str, Any]:
@@ -261,7 +57,7 @@ def test_bedrock_branch_succeeds_with_each_stability_model(
 
     execution = workflow.wait(execution_id)
     assert execution["status"] == "SUCCEEDED", execution
-    [event] = workflow.result_events()
+    [event] = workflow.result_events(execution_id)
     detail = assert_event(event, "Image Generated", execution_id)
     [image] = detail["images"]
     assert detail["model_id"] == model_id
@@ -283,7 +79,7 @@ def test_several_images_fan_out_and_one_filtered_image_does_not_sink_the_others(
     execution_id = workflow.submit({"prompt": "three boats", "num_images": 3, "seed": 100})
 
     assert workflow.wait(execution_id)["status"] == "SUCCEEDED"
-    [event] = workflow.result_events()
+    [event] = workflow.result_events(execution_id)
     detail = assert_event(event, "Image Generated", execution_id)
     assert len(detail["images"]) == 2
     [failed] = detail["failed_images"]
@@ -297,7 +93,7 @@ def test_gpu_branch_is_completed_by_the_worker_with_the_task_token(workflow: Wor
     execution_id = workflow.submit({"prompt": "a red bicycle", "backend": "gpu", "num_images": 2})
 
     assert workflow.wait(execution_id)["status"] == "SUCCEEDED"
-    [event] = workflow.result_events()
+    [event] = workflow.result_events(execution_id)
     detail = assert_event(event, "Image Generated", execution_id)
     assert detail["backend"] == "gpu"
     assert len(detail["images"]) == 2
@@ -312,7 +108,7 @@ def test_invalid_prompt_fails_with_a_failure_event(workflow: Workflow) -> None:
     execution = workflow.wait(execution_id)
     assert execution["status"] == "FAILED"
     assert execution["error"] == "INVALID_PROMPT"
-    [event] = workflow.result_events()
+    [event] = workflow.result_events(execution_id)
     detail = assert_event(event, "Image Generation Failed", execution_id)
     assert detail["error"]["code"] == "INVALID_PROMPT"
     assert "forbidden-thing" in detail["error"]["message"]
@@ -327,7 +123,7 @@ def test_content_filtered_prompt_fails_with_its_code(workflow: Workflow) -> None
     execution_id = workflow.submit({"prompt": "something the filter blocks"})
 
     assert workflow.wait(execution_id)["status"] == "FAILED"
-    [event] = workflow.result_events()
+    [event] = workflow.result_events(execution_id)
     detail = assert_event(event, "Image Generation Failed", execution_id)
     assert detail["error"]["code"] == "CONTENT_FILTERED"
     assert len(workflow.bedrock.calls) == 1  # a filtered prompt is never retried
@@ -338,7 +134,7 @@ def test_throttling_is_retried_then_succeeds(workflow: Workflow) -> None:
     execution_id = workflow.submit({"prompt": "a busy harbour"})
 
     assert workflow.wait(execution_id, timeout_s=90)["status"] == "SUCCEEDED"
-    [event] = workflow.result_events()
+    [event] = workflow.result_events(execution_id)
     assert_event(event, "Image Generated", execution_id)
     assert len(workflow.bedrock.calls) == 3
 
@@ -348,7 +144,7 @@ def test_permanent_model_error_fails_without_retries(workflow: Workflow) -> None
     execution_id = workflow.submit({"prompt": "a quiet street"})
 
     assert workflow.wait(execution_id)["status"] == "FAILED"
-    [event] = workflow.result_events()
+    [event] = workflow.result_events(execution_id)
     detail = assert_event(event, "Image Generation Failed", execution_id)
     assert detail["error"]["code"] == "MODEL_ERROR"
     assert len(workflow.bedrock.calls) == 1
@@ -363,7 +159,7 @@ def test_unavailable_model_falls_back_to_the_gpu_queue(
     execution_id = workflow.submit({"prompt": "a mountain lake"})
 
     assert workflow.wait(execution_id)["status"] == "SUCCEEDED"
-    [event] = workflow.result_events()
+    [event] = workflow.result_events(execution_id)
     detail = assert_event(event, "Image Generated", execution_id)
     assert detail["backend"] == "gpu"
     assert (
@@ -390,7 +186,7 @@ def test_unavailable_model_without_fallback_fails_with_its_code(workflow: Workfl
     execution_id = workflow.submit({"prompt": "a mountain lake"})
 
     assert workflow.wait(execution_id)["status"] == "FAILED"
-    [event] = workflow.result_events()
+    [event] = workflow.result_events(execution_id)
     detail = assert_event(event, "Image Generation Failed", execution_id)
     assert detail["error"]["code"] == "MODEL_UNAVAILABLE"
 
@@ -405,9 +201,9 @@ def test_cancel_of_a_queued_gpu_job_ends_it_with_one_cancelled_event(workflow: W
     assert workflow.wait(execution_id)["status"] == "ABORTED"
     code, body = workflow.status(execution_id, method="DELETE")
     assert code == 409, body  # it has ended: nothing left to cancel, and no second event
-    [event] = workflow.settled_result_events()
+    [event] = workflow.result_events(execution_id)
     detail = assert_event(event, "Image Generation Cancelled", execution_id)
-    assert detail["owner"] == "apikey:key-a"
+    assert detail["owner"] == workflow.owner
     _, status = workflow.status(execution_id)
     assert status["status"] == "ABORTED"
 
@@ -419,7 +215,7 @@ def test_an_execution_stopped_outside_the_api_still_gets_its_one_event(workflow:
     workflow.sfn.stop_execution(executionArn=workflow.execution_arn(execution_id))
 
     assert workflow.wait(execution_id)["status"] == "ABORTED"
-    [event] = workflow.settled_result_events()
+    [event] = workflow.result_events(execution_id)
     assert_event(event, "Image Generation Cancelled", execution_id)
 
 
@@ -433,7 +229,7 @@ def test_cancel_racing_the_end_of_a_bedrock_job_gives_one_event_matching_the_sta
     code, body = workflow.status(execution_id, method="DELETE")
     assert code in {202, 409}, body
     final = workflow.wait(execution_id)["status"]
-    [event] = workflow.settled_result_events()
+    [event] = workflow.result_events(execution_id)
     expected = {
         "SUCCEEDED": "Image Generated",
         "ABORTED": "Image Generation Cancelled",
@@ -450,7 +246,7 @@ def test_a_gpu_job_past_its_deadline_fails_with_timeout(
 
     execution = workflow.wait(execution_id, timeout_s=30)
     assert execution["status"] == "FAILED"
-    [event] = workflow.settled_result_events()
+    [event] = workflow.result_events(execution_id)
     detail = assert_event(event, "Image Generation Failed", execution_id)
     assert detail["error"]["code"] == "TIMEOUT"
 
@@ -464,7 +260,7 @@ def test_a_gpu_job_whose_workers_keep_dying_fails_with_worker_lost(
 
     execution = workflow.wait(execution_id, timeout_s=30)
     assert execution["status"] == "FAILED"
-    [event] = workflow.settled_result_events()
+    [event] = workflow.result_events(execution_id)
     detail = assert_event(event, "Image Generation Failed", execution_id)
     assert detail["error"]["code"] == "WORKER_LOST"
     dead_letters = boto3.client("sqs").get_queue_attributes(

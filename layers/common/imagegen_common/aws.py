@@ -9,7 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 import boto3
+import botocore.session
 from botocore.config import Config
+from botocore.loaders import create_loader
 
 _CONFIG = Config(
     retries={"total_max_attempts": 3, "mode": "standard"},
@@ -27,6 +29,12 @@ _SERVICE_CONFIG = {
 }
 
 
+# One loader of botocore's service models for the process: each client still gets a session of
+# its own (sessions are not thread-safe), but the JSON of a service model, the endpoint rules and
+# the partitions are read from disk once, not once per client (~50-150 ms each).
+_DATA_LOADER = create_loader()
+
+
 def client(service_name: str, region_name: str | None = None) -> Any:
     """A boto3 client for ``service_name`` with the project's configuration.
 
@@ -36,7 +44,9 @@ def client(service_name: str, region_name: str | None = None) -> Any:
     config = _CONFIG
     if service_name in _SERVICE_CONFIG:
         config = config.merge(_SERVICE_CONFIG[service_name])
-    return boto3.session.Session().client(
+    session = botocore.session.get_session()
+    session.register_component("data_loader", _DATA_LOADER)
+    return boto3.session.Session(botocore_session=session).client(
         service_name,
         region_name=region_name,
         config=config,
