@@ -283,13 +283,17 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 # --- invoke / models -----------------------------------------------------------------------------
 
-_FAKE_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_REGION": "us-east-1",
-}
-"""What moto needs to sign requests with when the environment has no credentials."""
+
+def _fake_credentials() -> dict[str, str]:
+    """What moto needs to sign requests with when the environment has no credentials."""
+    from imagegen.local.running_stack import LOCAL_STACK_CREDENTIALS
+
+    return {
+        "AWS_ACCESS_KEY_ID": LOCAL_STACK_CREDENTIALS["aws_access_key_id"],
+        "AWS_SECRET_ACCESS_KEY": LOCAL_STACK_CREDENTIALS["aws_secret_access_key"],
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_REGION": "us-east-1",
+    }
 
 
 def _note(text: str) -> None:
@@ -322,7 +326,7 @@ def cmd_invoke(args: argparse.Namespace) -> int:
             f"functions: {', '.join(sorted(functions))}"
         )
         return EXIT_USAGE
-    for name, value in _FAKE_CREDENTIALS.items():
+    for name, value in _fake_credentials().items():
         os.environ.setdefault(name, value)
     record, reason = _running_stack_for(args, template)
     with contextlib.ExitStack() as resources:

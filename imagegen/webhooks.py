@@ -336,16 +336,14 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 def _local_secret(template: Path) -> tuple[Any, str]:
     """(a Secrets Manager client of the running local stack, the secret's ARN)."""
-    import boto3
-
-    from imagegen.local.running_stack import NoRunningStackError, find_running_stack
+    from imagegen.local.running_stack import (
+        NoRunningStackError,
+        find_running_stack,
+        local_stack_session,
+    )
 
     record = find_running_stack(template)
-    session = boto3.session.Session(
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",  # noqa: S106 (the local stack's, never a real account)
-        region_name=record.region,
-    )
+    session = local_stack_session(record)
     cloudformation = session.client("cloudformation", endpoint_url=record.aws_endpoint_url)
     # All of them, not DescribeStackResource: moto's fails (500) on a stack holding a resource type
     # it does not model, as ours do (UsagePlan, BucketPolicy, ...).

@@ -7,14 +7,12 @@ const $ = (id) => document.getElementById(id);
 const config = window.IMAGEGEN_CONFIG || {};
 const TERMINAL = new Set(["SUCCEEDED", "FAILED", "TIMED_OUT", "ABORTED"]);
 const POLL_MS = 700;
-const STAGES = {
-  queued: "Queued", validating: "Validating the request", generating: "Generating",
-  storing: "Storing images", signing: "Signing image URLs", publishing: "Publishing the result",
-  failing: "Failing", succeeded: "Succeeded", failed: "Failed", timed_out: "Timed out",
-  cancelled: "Cancelled",
-};
-const STATUS_STAGE = { RUNNING: "Running", SUCCEEDED: "succeeded", FAILED: "failed",
-  TIMED_OUT: "timed_out", ABORTED: "cancelled" };
+// The words of each stage come from the API's OpenAPI document (the Stage enum's
+// x-enum-descriptions), the backends, models and sizes from GET /models: the page copies neither.
+let STAGES = {};
+const STATUS_STAGE = { SUCCEEDED: "succeeded", FAILED: "failed", TIMED_OUT: "timed_out",
+  ABORTED: "cancelled" };
+let catalogue = null;
 // An API field path -> the input it belongs to (the error paragraph says data-error-for).
 const INPUT_FOR_FIELD = { prompt: "prompt", negative_prompt: "negative-prompt", backend: "backend",
   model_id: "model", width: "size", height: "size", size: "size", seed: "seed",
@@ -110,7 +108,7 @@ function showApiError(failure, fallbackSlot) {
 function requestBody() {
   const body = { prompt: $("prompt").value };
   const optional = { negative_prompt: $("negative-prompt").value.trim(), backend: $("backend").value,
-    model_id: $("model").value.trim() };
+    model_id: $("model").disabled ? "" : $("model").value.trim() };
   for (const [name, value] of Object.entries(optional)) if (value) body[name] = value;
   const size = $("size").value.trim();
   if (size) {
@@ -200,8 +198,8 @@ async function poll(job) {
 
 function render(job, data) {
   const running = data.status === "RUNNING";
-  const stage = data.stage || STATUS_STAGE[data.status] || data.status;
-  let stageText = STAGES[stage] || stage;
+  const stage = data.stage || STATUS_STAGE[data.status] || (data.status === "RUNNING" ? "" : data.status);
+  let stageText = STAGES[stage] || stage || "Running";
   if (stage === "queued" && data.queue_position != null) {
     stageText += data.queue_position === 0 ? ": next in line" : `: ${data.queue_position} ahead`;
   }
@@ -371,7 +369,8 @@ function jobRow(job) {
   // The list can trail the job by a moment (its record is written from events): an ended
   // status wins over the stage, and the job on screen knows best.
   const status = current && current.id === job.execution_id && current.status || job.status;
-  const stage = TERMINAL.has(status) ? STAGES[STATUS_STAGE[status]] : STAGES[job.stage] || job.stage || status;
+  const name = TERMINAL.has(status) ? STATUS_STAGE[status] : job.stage || status;
+  const stage = STAGES[name] || name;
   meta.textContent = [stage, job.num_images ? `${job.num_images} image(s)` : "", when,
     job.cost ? `$${job.cost.usd.toFixed(4)}` : ""].filter(Boolean).join(" · ");
   button.append(prompt, meta);
@@ -380,6 +379,57 @@ function jobRow(job) {
   const item = document.createElement("li");
   item.append(button);
   return item;
+}
+
+// --- What the deployment offers -------------------------------------------------------------
+async function loadStageWords() {
+  try {
+    const { data } = await api("GET", "/openapi.json");
+    const stage = data.components.schemas.Stage;
+    STAGES = Object.fromEntries(stage.enum.map((name, i) => [name, stage["x-enum-descriptions"][i]]));
+  } catch (failure) {
+    if (!(failure instanceof ApiFailure)) throw failure; // the stages' own names stand in
+  }
+}
+
+function options(list, values) {
+  list.replaceChildren(...values.map((value) => Object.assign(document.createElement("option"), { value })));
+}
+
+function offerFor(backend) {
+  const backends = catalogue ? catalogue.backends : [];
+  return backends.find((offer) => offer.backend === backend) || backends.find((offer) => offer.default);
+}
+
+function showOffer() {
+  const offer = offerFor($("backend").value);
+  if (!offer) return;
+  const model = offer.models.find((m) => m.default);
+  options($("model-suggestions"), offer.backend === "bedrock" ? offer.models.map((m) => m.model_id) : []);
+  $("model").placeholder = offer.backend === "bedrock" && model ? model.model_id : "the GPU service's model";
+  $("model").disabled = offer.backend !== "bedrock";
+  options($("size-suggestions"), offer.sizes);
+  $("size").placeholder = offer.default_size;
+}
+
+async function loadCatalogue() {
+  try {
+    ({ data: catalogue } = await api("GET", "/models"));
+  } catch (failure) {
+    if (!(failure instanceof ApiFailure)) throw failure;
+    showApiError(failure, $("form-error"));
+    return;
+  }
+  const select = $("backend");
+  const chosen = select.value;
+  const fallback = catalogue.backends.find((offer) => offer.default);
+  select.replaceChildren(Object.assign(document.createElement("option"),
+    { value: "", textContent: `Deployment default${fallback ? ` (${fallback.backend})` : ""}` }));
+  for (const offer of catalogue.backends) {
+    select.append(Object.assign(document.createElement("option"), { value: offer.backend, textContent: offer.backend }));
+  }
+  select.value = chosen;
+  showOffer();
 }
 
 // --- Start ---------------------------------------------------------------------------------
@@ -403,8 +453,11 @@ function start() {
     $("docs-link").href = apiBase() + "/docs";
     $("settings-saved").textContent = "Saved.";
     setTimeout(() => { $("settings-saved").textContent = ""; }, 2000);
+    loadCatalogue();
+    loadStageWords();
     loadJobs();
   });
+  $("backend").addEventListener("change", showOffer);
   $("generate-form").addEventListener("submit", submit);
   $("prompt").addEventListener("keydown", (event) => {
     if (event.key === "Enter" && (event.ctrlKey || event.metaKey)) $("generate-form").requestSubmit();
@@ -414,6 +467,8 @@ function start() {
   $("more").addEventListener("click", () => loadJobs(true));
   const opened = /^#job=(.+)$/.exec(location.hash);
   if (opened) openJob(decodeURIComponent(opened[1]), { focus: false });
+  loadCatalogue();
+  loadStageWords();
   loadJobs();
 }
 

@@ -16,17 +16,16 @@ from typing import TYPE_CHECKING, Annotated, Any
 from aws_lambda_powertools import Logger, Metrics, Tracer
 from aws_lambda_powertools.event_handler import APIGatewayRestResolver, Response, content_types
 from aws_lambda_powertools.event_handler.exceptions import NotFoundError
-from aws_lambda_powertools.event_handler.middlewares.openapi_validation import (
-    OpenAPIRequestValidationMiddleware,
-)
 from aws_lambda_powertools.event_handler.openapi.exceptions import RequestValidationError
 from aws_lambda_powertools.event_handler.openapi.params import Header, Path, Query
 from aws_lambda_powertools.logging import correlation_paths
 from aws_lambda_powertools.metrics import MetricUnit
 from aws_lambda_powertools.utilities.typing import LambdaContext
 from botocore.exceptions import BotoCoreError, ClientError
+from pydantic import BaseModel
 
 from api_docs import add_docs_route
+from catalogue import model_catalogue
 from cors import cors_config
 from executions import (
     JobCancellation,
@@ -59,16 +58,17 @@ from imagegen_common.models import (
     Job,
     JobPage,
     JobStatus,
+    ModelCatalogue,
+    Stage,
 )
 from imagegen_common.settings import ApiSettings
 from job_progress import check_webhook, job_page
-from json_body import read_json_object
+from json_body import read_request
 from prefer import MAX_WAIT_SECONDS, granted_wait, requested_wait, wait_for_end
 from refusals import ApiRefusal, InvalidRequestError, refusal_for_aws_error
 
 if TYPE_CHECKING:
     from aws_lambda_powertools.event_handler.openapi.types import OpenAPIResponse
-    from aws_lambda_powertools.event_handler.types import EventHandlerInstance
 
 logger = Logger()
 tracer = Tracer()
@@ -98,26 +98,13 @@ def jobs() -> JobsTable:
     return jobs_table(settings.jobs_table_name, settings.job_record_retention_days)
 
 
-class JsonObjectBodyValidation(OpenAPIRequestValidationMiddleware):
-    """powertools' request validation, reading the body by our rules (``json_body``).
-
-    powertools parses any body it deems JSON with ``json.loads`` inside this middleware, which
-    runs before every other middleware, lets RecursionError and ValueError escape, reads
-    form and multipart bodies too, and validates an array by its first element. Reading the
-    body is its only step we replace; the model's validation stays powertools'.
-    """
-
-    def _get_body(self, app: "EventHandlerInstance") -> dict[str, Any]:
-        event = app.current_event
-        return read_json_object(
-            event.headers.get("content-type"), event.body, bool(event.is_base64_encoded)
-        )
-
-
+# powertools validates each route's path, query and headers; a route reads its body itself, by
+# the body rules of ``json_body`` (``read_request``), and ``openapi_document`` declares it.
 app = APIGatewayRestResolver(
     enable_validation=True, cors=cors_config(settings.cors_allowed_origins)
 )
-app._request_validation_middleware = JsonObjectBodyValidation()
+REQUEST_BODIES: dict[tuple[str, str], type[BaseModel]] = {("/generate", "post"): GenerateRequest}
+"""The body model of each route that takes one, for the OpenAPI document."""
 
 OPENAPI_TITLE = "imagegen"
 OPENAPI_VERSION = "1.0.0"
@@ -321,7 +308,8 @@ def check_backend_capacity(backend: Backend) -> None:
 _PREFER_WAIT_HEADERS: dict[str, Any] = {
     "Preference-Applied": {
         "description": "`wait=N` when the server waited for the job's end: N is the wait "
-        "granted, the one asked for clamped to 25 s and to the function's time left.",
+        f"granted, the one asked for clamped to {MAX_WAIT_SECONDS} s and to the function's "
+        "time left.",
         "schema": {"type": "string", "pattern": "^wait=[0-9]+$"},
     },
     "Vary": {
@@ -334,8 +322,9 @@ _PREFER_WAIT_HEADERS: dict[str, Any] = {
 @app.post(
     "/generate",
     summary="Submit a text-to-image job",
-    description="The body must be a JSON object, sent as application/json, any */*+json type "
-    "or without Content-Type; nested at most 32 deep, no number longer than 50 characters.",
+    description="The body must be a JSON object of at most 64 KB, sent as application/json, any "
+    "*/*+json type or without Content-Type; nested at most 32 deep, no number longer than 50 "
+    "characters, no key twice in an object.",
     responses=declared_responses(
         {
             200: {
@@ -353,7 +342,9 @@ _PREFER_WAIT_HEADERS: dict[str, Any] = {
             },
         },
         {
-            400: "The body is not readable JSON: rule json_invalid, json_depth or json_number.",
+            400: "The body is not readable JSON: rule json_invalid, json_depth, json_number or "
+            "json_duplicate_key.",
+            413: "The body is over 64 KB (rule max_bytes), or over API Gateway's 10 MB.",
             409: "The Idempotency-Key was already used with a different request.",
             415: "The Content-Type is not JSON; the field entry names what is accepted.",
             422: "The request breaks a rule: each bad field with the rule it broke.",
@@ -364,11 +355,12 @@ _PREFER_WAIT_HEADERS: dict[str, Any] = {
 )
 @tracer.capture_method
 def submit_generation(
-    request: GenerateRequest, idempotency_key: IdempotencyKey = None, prefer: Prefer = None
+    idempotency_key: IdempotencyKey = None, prefer: Prefer = None
 ) -> Response[GenerateAccepted | JobStatus]:
     # Imported by the first POST, not at cold start: the model adapters serve only this route.
     from imagegen_common.jobs import resolve_request
 
+    request = read_request(GenerateRequest, app.current_event)
     backend, model_id, *_ = resolve_request(request, settings)  # 422 now, not a failed job
     if request.webhook is not None:
         check_webhook(str(request.webhook.url), settings.webhook_allow_loopback)
@@ -491,6 +483,19 @@ def list_generations(
     return job_page(jobs(), caller_identity(), status, limit, next_token)
 
 
+@app.get(
+    "/models",
+    summary="What this deployment offers",
+    description="Each backend with its models, the sizes it takes and the defaults, from the "
+    "deployment's own settings: what a client builds its form from.",
+    responses=declared_responses({200: "The deployment's backends and models."}, {}),
+    tags=["models"],
+)
+@tracer.capture_method
+def describe_models() -> ModelCatalogue:
+    return model_catalogue(settings)
+
+
 @app.delete(
     "/generate/<execution_id>",
     summary="Cancel a running job",
@@ -534,7 +539,41 @@ def openapi_document() -> str:
         security_schemes={"apiKey": APIKey(name="x-api-key", in_=APIKeyIn.header)},
         security=[{"apiKey": []}],
     )
-    return json.dumps(_without_undeclared_responses(json.loads(schema)), indent=2)
+    document = _with_stage_labels(_with_request_bodies(json.loads(schema)))
+    return json.dumps(_without_undeclared_responses(document), indent=2)
+
+
+def _with_stage_labels(document: dict[str, Any]) -> dict[str, Any]:
+    """Each stage's words (``STAGE_LABELS``) beside the enum, as ``x-enum-descriptions`` (the
+    OpenAPI generators' convention): clients such as the playground show them."""
+    from imagegen_common.models import STAGE_LABELS
+
+    stage = document["components"]["schemas"]["Stage"]
+    stage["x-enum-descriptions"] = [STAGE_LABELS[Stage(value)] for value in stage["enum"]]
+    return document
+
+
+def _with_request_bodies(document: dict[str, Any]) -> dict[str, Any]:
+    """Declare each route's body (``REQUEST_BODIES``), which the route reads itself, as
+    powertools would declare a body parameter: the model's schema under components."""
+    from pydantic.json_schema import models_json_schema
+
+    models = sorted(set(REQUEST_BODIES.values()), key=lambda model: model.__name__)
+    references, definitions = models_json_schema(
+        [(model, "validation") for model in models],
+        ref_template="#/components/schemas/{model}",
+    )
+    schemas = document.setdefault("components", {}).setdefault("schemas", {})
+    for name, schema in definitions.get("$defs", {}).items():
+        schemas.setdefault(name, schema)
+    for (path, method), model in REQUEST_BODIES.items():
+        document["paths"][path][method]["requestBody"] = {
+            "content": {
+                content_types.APPLICATION_JSON: {"schema": references[(model, "validation")]}
+            },
+            "required": True,
+        }
+    return document
 
 
 def _without_undeclared_responses(document: dict[str, Any]) -> dict[str, Any]:

@@ -1,15 +1,22 @@
 """The body rules of the API: which media types are read as JSON, and which JSON is read at all.
 
-A request body is read as JSON when its Content-Type is missing, ``application/json`` or any
-``type/subtype+json`` (parameters such as ``charset`` are ignored); anything else is 415. The
-text must be JSON (400 ``json_invalid``), nested at most :data:`MAX_JSON_DEPTH` deep (400
-``json_depth``), with no number literal longer than :data:`MAX_NUMBER_CHARS` characters or out of
-a float's range (400 ``json_number``), and its top level must be an object (422
-``object_type``). Only then does the route's model validate the fields.
+A request body is at most :data:`MAX_BODY_BYTES` (413 ``max_bytes``: a request needs a few KB,
+and a proxy, WAF or log need not see 10 MB of padding). It is read as JSON when its Content-Type
+is missing, ``application/json`` or any ``type/subtype+json`` (parameters such as ``charset`` are
+ignored); anything else is 415. The text must be JSON (400 ``json_invalid``), nested at most
+:data:`MAX_JSON_DEPTH` deep (400 ``json_depth``), with no number literal longer than
+:data:`MAX_NUMBER_CHARS` characters or out of a float's range (400 ``json_number``), no key twice
+in one object (400 ``json_duplicate_key``: a proxy or a log that reads the first value would see
+another request than the one run), and its top level must be an object (422 ``object_type``).
+Only then does the route's model validate the fields (422, each bad field with its rule).
 
 These rules exist because the standard parser alone is not safe on a public endpoint: input
 nested ~1,000 deep raises ``RecursionError`` and an integer past Python's int-string limit (4,300
 digits) raises ``ValueError``. Depth is counted on the text, without recursion, before parsing.
+
+The routes read their bodies here themselves (``read_request``) rather than through powertools'
+request validation, which reads form and multipart bodies too, validates an array by its first
+element and lets those errors escape as 5xx; it still validates the path, query and headers.
 """
 
 from __future__ import annotations
@@ -19,10 +26,23 @@ import binascii
 import json
 import math
 import re
-from typing import Any, NoReturn
+from collections.abc import Mapping
+from typing import Any, NoReturn, TypeVar
+
+from pydantic import BaseModel, ValidationError
 
 from imagegen_common.models import FieldError
-from refusals import InvalidRequestError, MalformedBodyError, UnsupportedMediaTypeError
+from refusals import (
+    InvalidRequestError,
+    MalformedBodyError,
+    PayloadTooLargeError,
+    UnsupportedMediaTypeError,
+)
+
+Model = TypeVar("Model", bound=BaseModel)
+
+MAX_BODY_BYTES = 64 * 1024
+"""Largest body read: a request of the longest prompts, escaped, and a webhook is under 20 KB."""
 
 MAX_JSON_DEPTH = 32
 """Deepest nesting of arrays and objects read; a request body needs 1."""
@@ -42,10 +62,34 @@ def is_json_media_type(content_type: str | None) -> bool:
     return not media_type or bool(_JSON_MEDIA_TYPE.match(media_type))
 
 
+def read_request(model: type[Model], event: Any) -> Model:
+    """The body of an API Gateway proxy event as ``model``, by the rules above; an ApiRefusal
+    (400, 413, 415 or 422 naming each bad field and its rule) otherwise."""
+    headers: Mapping[str, str] = event.get("headers") or {}
+    content_type = next((v for k, v in headers.items() if k.lower() == "content-type"), None)
+    document = read_json_object(content_type, event.get("body"), bool(event.get("isBase64Encoded")))
+    try:
+        return model.model_validate(document)
+    except ValidationError as error:
+        raise InvalidRequestError(
+            [
+                FieldError(
+                    field=".".join(str(part) for part in problem["loc"]) or "body",
+                    in_="body",
+                    rule=problem["type"],
+                    message=problem["msg"],
+                )
+                for problem in error.errors(include_url=False)
+            ]
+        ) from error
+
+
 def read_json_object(
     content_type: str | None, body: str | None, is_base64_encoded: bool = False
 ) -> dict[str, Any]:
     """The request body as a JSON object, by the rules above; raises an ApiRefusal otherwise."""
+    if body and _length_in_bytes(body, is_base64_encoded) > MAX_BODY_BYTES:
+        raise PayloadTooLargeError(_length_in_bytes(body, is_base64_encoded), MAX_BODY_BYTES)
     if not is_json_media_type(content_type):
         media_type = (content_type or "").split(";", 1)[0].strip()
         raise UnsupportedMediaTypeError(media_type, ACCEPTED_MEDIA_TYPES)
@@ -66,6 +110,7 @@ def read_json_object(
             parse_int=_parse_int,
             parse_float=_parse_float,
             parse_constant=_reject_constant,
+            object_pairs_hook=_object_of_unique_keys,
         )
     except json.JSONDecodeError as error:
         raise MalformedBodyError(
@@ -101,6 +146,23 @@ def exceeds_depth(text: str, limit: int) -> bool:
         elif first in "]}":
             depth -= 1
     return False
+
+
+def _length_in_bytes(body: str, is_base64_encoded: bool) -> int:
+    if is_base64_encoded:
+        return len(body) * 3 // 4  # what it decodes to, without decoding it
+    return len(body.encode("utf-8", errors="surrogatepass"))
+
+
+def _object_of_unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise MalformedBodyError(
+                "json_duplicate_key", f"the key {key!r} appears more than once in an object"
+            )
+        document[key] = value
+    return document
 
 
 def _body_text(body: str | None, is_base64_encoded: bool) -> str:

@@ -105,6 +105,19 @@ class InvalidRequestError(ApiRefusal):
         super().__init__(message or f"invalid request: {names}", fields)
 
 
+class PayloadTooLargeError(ApiRefusal):
+    """The body is larger than the route reads (413); nothing of it is parsed."""
+
+    code = ErrorCode.PAYLOAD_TOO_LARGE
+    http_status = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+
+    def __init__(self, size: int, limit: int) -> None:
+        message = f"the body is {size} bytes; at most {limit} are read"
+        super().__init__(
+            message, [FieldError(field="body", in_="body", rule="max_bytes", message=message)]
+        )
+
+
 class UnsupportedMediaTypeError(ApiRefusal):
     """The body is sent as a media type the route does not read (415)."""
 

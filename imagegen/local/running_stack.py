@@ -42,6 +42,15 @@ RECORD_NAME = "local-stack.json"
 STATE_DIR_VARIABLE = "IMAGEGEN_STATE_DIR"
 ANSWER_TIMEOUT_S = 5.0
 """How long a running stack's endpoint may take to answer before it counts as not running."""
+LOCAL_STACK_CREDENTIALS = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing"}
+"""What a client of the local stack signs with: moto wants a signature, never a real account's,
+so the CLI works on a machine with no AWS configuration at all."""
+
+
+def local_stack_session(record: StackRecord) -> boto3.session.Session:
+    """A boto3 session for the local stack of ``record``: its region, the local credentials
+    (whatever the environment or ~/.aws holds)."""
+    return boto3.session.Session(region_name=record.region, **LOCAL_STACK_CREDENTIALS)
 
 
 @dataclass(frozen=True)
@@ -213,7 +222,7 @@ def _process_alive(pid: int) -> bool:
 
 
 def _client(record: StackRecord, service: str) -> Any:
-    return boto3.session.Session(region_name=record.region).client(
+    return local_stack_session(record).client(
         service,
         endpoint_url=record.aws_endpoint_url,
         config=Config(

@@ -57,6 +57,8 @@ RESULT_QUEUE_ID = "ResultEventsQueue"
 API_FUNCTION_ID = "ApiFunction"
 LOOPBACK_WEBHOOK_FUNCTIONS = (API_FUNCTION_ID, "WebhookDeliveryFunction")
 """The functions that check webhook URLs (SSRF guard): --allow-loopback-webhooks sets theirs."""
+TINY_MODEL_NAME = "tiny-random-sd"
+"""How GET /models names the tiny random-weight model the local workers run by default."""
 WORKER_READY_TIMEOUT_S = 600.0
 """A real model can take minutes to load; the tiny one takes seconds."""
 
@@ -243,11 +245,7 @@ class LocalStack:
             {**options.function_environment, **environment},
             max_environments=options.function_concurrency,
             log=self.say,
-            function_overrides={
-                logical_id: {"WEBHOOK_ALLOW_LOOPBACK": "true"}
-                for logical_id in LOOPBACK_WEBHOOK_FUNCTIONS
-                if options.allow_loopback_webhooks
-            },
+            function_overrides=self._function_overrides(),
         )
         self.stack = deploy_stack(
             options.template,
@@ -275,6 +273,18 @@ class LocalStack:
             limits=options.api_limits,
         ).start()
         self._describe(endpoint)
+
+    def _function_overrides(self) -> dict[str, dict[str, str]]:
+        """What only the local stack sets on its functions: loopback webhooks when asked for,
+        and the model its GPU workers really run, which GET /models names."""
+        overrides: dict[str, dict[str, str]] = {
+            logical_id: {"WEBHOOK_ALLOW_LOOPBACK": "true"}
+            for logical_id in LOOPBACK_WEBHOOK_FUNCTIONS
+            if self.options.allow_loopback_webhooks
+        }
+        model = self.options.model_id or os.environ.get("MODEL_ID") or TINY_MODEL_NAME
+        overrides.setdefault(API_FUNCTION_ID, {})["GPU_MODEL_ID"] = model
+        return overrides
 
     def _set_environment(self, variables: Mapping[str, str]) -> None:
         for name, value in variables.items():

@@ -181,7 +181,9 @@ def test_the_api_docs_work_offline_from_the_page_link(page: Any, stack: Harness)
 def test_a_page_on_another_origin_reaches_the_api_through_cors(
     page: Any, stack: Harness, other_origin: str, watch: PageWatch
 ) -> None:
-    watch.expect("GET /generate", 404)  # before the API URL is set: the file server's answer
+    # Before the API URL is set, the file server answers what the page asks of its own origin.
+    for path in ("/generate", "/models", "/openapi.json"):
+        watch.expect(f"GET {path}", 404)
     page.goto(other_origin + "/")
     page.get_by_text("API settings").click()
     page.get_by_label("API URL").fill(stack.stack.api_url)
@@ -197,3 +199,36 @@ def test_a_page_on_another_origin_reaches_the_api_through_cors(
     assert posted.value.headers["access-control-allow-origin"] == other_origin
     page.wait_for_function(IMAGES_LOADED, arg=1, timeout=120_000)
     assert page.locator("#job-stage").inner_text() == "Succeeded"
+
+
+def test_the_form_offers_what_the_deployment_offers(page: Any, stack: Harness) -> None:
+    """The backends, models and sizes come from GET /models, the stages' words from the API's
+    OpenAPI document: the page holds no copy of either."""
+    catalogue = stack.request("GET", "/models").json()
+    by_backend = {offer["backend"]: offer for offer in catalogue["backends"]}
+    open_playground(page, stack)
+
+    def suggestions(list_id: str) -> list[str]:
+        return page.eval_on_selector_all(f"#{list_id} option", "els => els.map(e => e.value)")
+
+    backends = page.eval_on_selector_all("#backend option", "els => els.map(e => e.value)")
+    assert backends == ["", *by_backend]
+    page.wait_for_function("() => document.querySelectorAll('#size-suggestions option').length")
+    default = next(offer for offer in catalogue["backends"] if offer["default"])
+    assert suggestions("size-suggestions") == default["sizes"]
+
+    page.get_by_label("Backend").select_option("bedrock")
+    assert suggestions("model-suggestions") == [
+        m["model_id"] for m in by_backend["bedrock"]["models"]
+    ]
+    assert suggestions("size-suggestions") == by_backend["bedrock"]["sizes"]
+    page.get_by_label("Backend").select_option("gpu")
+    assert suggestions("model-suggestions") == []
+    assert (
+        page.get_by_label("Size").get_attribute("placeholder") == by_backend["gpu"]["default_size"]
+    )
+
+    page.wait_for_function("() => Object.keys(STAGES).length > 0")
+    words = page.evaluate("() => STAGES")
+    stage = stack.request("GET", "/openapi.json").json()["components"]["schemas"]["Stage"]
+    assert words == dict(zip(stage["enum"], stage["x-enum-descriptions"], strict=True))

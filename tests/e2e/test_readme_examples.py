@@ -1,11 +1,12 @@
-"""The README's curl examples run, exactly as written, against the local stack of `make run`.
+"""The docs' curl examples run, exactly as written, against the local stack of `make run`.
 
-A ``bash`` block right under the line ``<!-- example: make run -->`` is a promise that it works as
-written against `make run`'s stack. Each such block runs here, in order, each in its own bash with
-``set -euo pipefail``, against one local stack started with `make run`'s options; the only change
-made to the text is the port (`make run` listens on 3000, the test on a free one). A block fails
-the test when any command in it fails: the examples use ``jq -e`` where the reader is told what
-to expect, so a changed answer fails too.
+A ``bash`` block right under the line ``<!-- example: make run -->``, in the README or any page of
+the manual (``DOCUMENTS``), is a promise that it works as written against `make run`'s stack. Each
+such block runs here, in order, each in its own bash with ``set -euo pipefail``, against the shared
+local stack, which offers what `make run` offers (GPU jobs by default, loopback webhooks) and more;
+the only change made to the text is the port (`make run` listens on 3000, the test on a free one).
+A block fails the test when any command in it fails: the examples use ``jq -e`` where the reader is
+told what to expect, so a changed answer fails too.
 """
 
 from __future__ import annotations
@@ -20,38 +21,46 @@ import pytest
 from tests.e2e.local_stack_harness import Harness
 
 REPOSITORY = Path(__file__).resolve().parents[2]
-README = REPOSITORY / "README.md"
+DOCUMENTS = sorted(
+    [
+        REPOSITORY / "README.md",
+        *(REPOSITORY / "docs").glob("*.md"),
+        REPOSITORY / "gpu_service" / "README.md",
+        REPOSITORY / "web" / "README.md",
+    ]
+)
 MARKER = "<!-- example: make run -->"
 MAKE_RUN_URL = "http://127.0.0.1:3000"
 BLOCK_TIMEOUT_S = 120
 
 
-def runnable_examples(text: str) -> list[tuple[int, str]]:
-    """(line number, script) of every bash block that follows the marker line."""
-    lines = text.splitlines()
-    examples: list[tuple[int, str]] = []
+def runnable_examples(document: Path) -> list[tuple[str, str]]:
+    """(where, script) of every bash block that follows the marker line in ``document``."""
+    lines = document.read_text().splitlines()
+    name = document.relative_to(REPOSITORY)
+    examples: list[tuple[str, str]] = []
     for number, line in enumerate(lines):
         if line.strip() != MARKER:
             continue
         start = number + 1
-        assert lines[start].strip() == "```bash", f"README.md:{start + 1}: no bash block"
+        assert lines[start].strip() == "```bash", f"{name}:{start + 1}: no bash block"
         end = lines.index("```", start + 1)
-        examples.append((start + 1, "\n".join(lines[start + 1 : end])))
+        examples.append((f"{name}:{start + 1}", "\n".join(lines[start + 1 : end])))
     return examples
 
 
-def test_the_readme_marks_its_runnable_examples() -> None:
-    examples = runnable_examples(README.read_text())
-    assert len(examples) >= 3
-    for line, script in examples:
-        assert MAKE_RUN_URL in script or "$API" in script, f"README.md:{line} calls nothing"
+EXAMPLES = [example for document in DOCUMENTS for example in runnable_examples(document)]
 
 
-EXAMPLES = runnable_examples(README.read_text())
+def test_the_docs_mark_their_runnable_examples() -> None:
+    assert len(EXAMPLES) >= 7
+    assert runnable_examples(REPOSITORY / "README.md"), "the README's example is not marked"
+    for where, script in EXAMPLES:
+        assert MAKE_RUN_URL in script or "$API" in script, f"{where} calls nothing"
 
 
 @pytest.mark.parametrize(
-    "script", [script for _, script in EXAMPLES], ids=[f"README.md:{n}" for n, _ in EXAMPLES]
+    "script", [script for _, script in EXAMPLES], ids=[where for where, _ in EXAMPLES]
 )
 def test_readme_example_runs_as_written(harness: Harness, script: str) -> None:
     # Only the port differs from `make run`'s.

@@ -47,9 +47,11 @@ def gpu_state_definition(queue_url: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny pipeline, saved with save_pretrained into a session temporary directory."""
-    return ensure_tiny_model(tmp_path_factory.mktemp("tiny") / "model")
+def tiny_model_dir() -> Path:
+    """The tiny pipeline, saved with save_pretrained where the local stack keeps it
+    (``.tiny-model/``): built once per checkout, by the first test process that needs it (the
+    build is renamed into place, so processes running at once never see half of it)."""
+    return ensure_tiny_model()
 
 
 def _settings(model_dir: Path, **overrides: Any) -> Settings:

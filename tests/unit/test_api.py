@@ -228,7 +228,14 @@ def test_openapi_document_is_served_and_saved_in_the_repo(api: Any, lambda_conte
     assert status == 200
     assert served == json.loads(api.openapi_document())
     assert saved == served, "docs/openapi.json is stale: run `python scripts/export_openapi.py`"
-    assert set(served["paths"]) == {"/generate", "/generate/{execution_id}"}
+    # Every route of the template but the documents themselves (Swagger UI, this document).
+    from samtranslator.yaml_helper import yaml_parse
+
+    events = yaml_parse((REPO_ROOT / "template.yaml").read_text())["Resources"]["ApiFunction"][
+        "Properties"
+    ]["Events"]
+    routes = {event["Properties"]["Path"] for event in events.values()}
+    assert set(served["paths"]) == routes - {"/docs", "/openapi.json"}
     assert "GenerateRequest" in served["components"]["schemas"]
 
 
@@ -333,6 +340,91 @@ def test_body_of_another_media_type_gets_415_naming_what_is_accepted(
     field = only_field(answer)
     assert (field["field"], field["in"], field["rule"]) == ("Content-Type", "header", "media_type")
     assert "application/json" in field["message"]
+
+
+def no_execution_started(api: Any) -> bool:
+    return (
+        boto3.client("stepfunctions").list_executions(
+            stateMachineArn=api.settings.state_machine_arn
+        )["executions"]
+        == []
+    )
+
+
+def test_a_key_given_twice_gets_400_json_duplicate_key(api: Any, lambda_context: Any) -> None:
+    # A proxy, a WAF or a log that reads the first value would see another request.
+    status, answer = call(api, post_event('{"prompt": "a", "prompt": "b"}'), lambda_context)
+
+    assert status == 400
+    field = only_field(answer)
+    assert (field["field"], field["in"], field["rule"]) == ("body", "body", "json_duplicate_key")
+    assert "'prompt'" in field["message"]
+    assert no_execution_started(api)
+
+
+def test_a_body_padded_past_the_limit_gets_413_and_starts_nothing(
+    api: Any, lambda_context: Any
+) -> None:
+    padded = '{"prompt": "a fox"' + " " * (9 * 1024 * 1024) + "}"
+
+    status, answer = call(api, post_event(padded), lambda_context)
+
+    assert status == 413
+    assert answer["error"]["code"] == "PAYLOAD_TOO_LARGE"
+    field = only_field(answer)
+    assert (field["field"], field["rule"]) == ("body", "max_bytes")
+    assert str(64 * 1024) in field["message"]
+    assert no_execution_started(api)
+
+
+def test_a_body_just_under_the_limit_is_read(api: Any, lambda_context: Any) -> None:
+    body = '{"prompt": "a fox"}'
+    body = body[:-1] + " " * (64 * 1024 - len(body)) + "}"
+
+    assert call(api, post_event(body), lambda_context)[0] == 202
+
+
+@pytest.mark.parametrize(
+    ("field_name", "text", "rule"),
+    [
+        ("prompt", "\u200b\u200b\u2060", "format_character"),
+        ("prompt", "\u3164\u3164 \u0301", "no_visible_characters"),
+        ("prompt", "a fox\x00", "control_character"),
+        ("prompt", "a \x1b[31mred\x1b[0m fox", "control_character"),
+        ("prompt", "a\x85fox", "control_character"),  # C1 NEXT LINE (trimmed at the ends)
+        ("prompt", "a fox \u202egpj.exe", "bidi_control"),
+        ("prompt", "a fox \u2066isolated\u2069", "bidi_control"),
+        ("prompt", "a fox \ue000", "private_use_character"),
+        ("negative_prompt", "blurry\x07", "control_character"),
+        ("negative_prompt", "blurry \u202d", "bidi_control"),
+        ("negative_prompt", "\u200b", "format_character"),
+    ],
+)
+def test_a_prompt_that_is_not_readable_text_gets_422_naming_the_field_and_rule(
+    api: Any, lambda_context: Any, field_name: str, text: str, rule: str
+) -> None:
+    body = {"prompt": "a fox", field_name: text}
+
+    status, answer = call(api, post_event(body), lambda_context)
+
+    assert status == 422, answer
+    field = only_field(answer)
+    assert (field["field"], field["in"], field["rule"]) == (field_name, "body", rule)
+    assert no_execution_started(api)
+
+
+@pytest.mark.parametrize(
+    "prompt",
+    [
+        "a fox\nin the snow,\tat dawn",
+        "👩\u200d👩\u200d👧 a family",  # ZWJ sequence
+        "🏴\U000e0067\U000e0062\U000e0073\U000e0063\U000e0074\U000e007f a flag",  # emoji tags
+        "\u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645",  # Persian, with a ZWNJ
+        "un renard, café crème",
+    ],
+)
+def test_text_people_write_is_accepted(api: Any, lambda_context: Any, prompt: str) -> None:
+    assert call(api, post_event({"prompt": prompt}), lambda_context)[0] == 202
 
 
 def test_overlong_idempotency_key_gets_422_naming_the_header(api: Any, lambda_context: Any) -> None:
@@ -585,7 +677,8 @@ def test_without_a_limit_the_gpu_queue_is_not_read(
     api: Any, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("GPU_QUEUE_URL", "https://sqs.us-east-1.amazonaws.com/123456789012/none")
-    fresh = import_function("api")  # GPU_MAX_BACKLOG unset: 0, no limit
+    monkeypatch.setenv("GPU_MAX_BACKLOG", "0")  # no limit
+    fresh = import_function("api")
 
     status, _ = call(fresh, post_event({"prompt": "a fox", "backend": "gpu"}), lambda_context)
 
@@ -645,3 +738,58 @@ def test_openapi_document_declares_every_error_as_error_response() -> None:
                 assert "Retry-After" in response["headers"]
     cancelling = document["components"]["schemas"]["JobCancellation"]["properties"]["status"]
     assert {"type": "string", "const": "CANCELLING"} in cancelling["anyOf"]
+
+
+# --- GET /models ----------------------------------------------------------------------------
+
+
+def models_event() -> dict[str, Any]:
+    event = get_event("x")
+    event.update(resource="/models", path="/models", pathParameters=None)
+    event["requestContext"]["resourcePath"] = "/models"
+    return event
+
+
+def test_models_describe_the_deployment_from_its_settings(
+    api: Any, lambda_context: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(
+        "ALLOWED_MODEL_IDS", "stability.stable-image-core-v1:1,stability.sd3-5-large-v1:0"
+    )
+    monkeypatch.setenv("DEFAULT_MODEL_ID", "stability.sd3-5-large-v1:0")
+    monkeypatch.setenv("ALLOWED_SIZES", "1024x1024,1344x768,1000x200")
+    monkeypatch.setenv("DEFAULT_BACKEND", "gpu")
+    monkeypatch.setenv("GPU_DEFAULT_SIZE", "1000x200")
+    monkeypatch.setenv("GPU_MODEL_ID", "stabilityai/sd-turbo")
+    fresh = import_function("api")
+
+    status, catalogue = call(fresh, models_event(), lambda_context)
+
+    assert status == 200, catalogue
+    bedrock, gpu = catalogue["backends"]
+    assert (bedrock["backend"], bedrock["default"], gpu["backend"], gpu["default"]) == (
+        "bedrock",
+        False,
+        "gpu",
+        True,
+    )
+    assert [(m["model_id"], m["default"]) for m in bedrock["models"]] == [
+        ("stability.stable-image-core-v1:1", False),
+        ("stability.sd3-5-large-v1:0", True),
+    ]
+    assert bedrock["models"][0]["name"] == "Stable Image Core 1.1"
+    # 1000x200 (5:1) has no aspect ratio of Stability's: the Bedrock models do not take it.
+    assert bedrock["sizes"] == ["1024x1024", "1344x768"]
+    assert gpu["sizes"] == ["1024x1024", "1344x768", "1000x200"]
+    assert gpu["default_size"] == "1000x200"
+    assert gpu["models"] == [
+        {"model_id": "stabilityai/sd-turbo", "name": "stabilityai/sd-turbo", "default": True}
+    ]
+
+
+def test_the_document_gives_each_stage_its_words(api: Any) -> None:
+    from imagegen_common.models import STAGE_LABELS, Stage
+
+    stage = json.loads(api.openapi_document())["components"]["schemas"]["Stage"]
+    assert stage["enum"] == [member.value for member in Stage]
+    assert stage["x-enum-descriptions"] == [STAGE_LABELS[member] for member in Stage]

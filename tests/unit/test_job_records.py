@@ -316,3 +316,22 @@ def test_a_job_that_never_started_is_deleted_but_an_ended_one_is_kept(table: Job
     delete_job(table, "job-2")
     assert read_job(table, "job-1", OWNER) is None
     assert read_job(table, "job-2", OWNER) is not None
+
+
+def test_every_field_of_a_summary_survives_the_list_indexs_projection(table: JobsTable) -> None:
+    """The list reads GSI ByOwner, which holds only the attributes the template projects: a
+    summary field the projection leaves out would be lost in the list (moto projects as
+    DynamoDB does), so the listed summary must equal the one read from the item itself."""
+    job = submit(table, "j-projected", backend=Backend.GPU)
+    cost = Cost(usd=0.01, basis="a test")
+    assert apply_ending(table, "j-projected", ExecutionStatus.SUCCEEDED, cost=cost, at=T0)
+
+    record = read_job(table, "j-projected", OWNER)
+    assert record is not None
+    full = record.summary()
+    for name, field in type(full).model_fields.items():  # each field set, so each is checked
+        value = getattr(full, name)
+        assert value is not None and value != field.default, f"{name} is not set in the test"
+
+    [listed] = list_jobs(table, job.owner).jobs
+    assert listed == full

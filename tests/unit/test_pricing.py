@@ -6,6 +6,7 @@ import base64
 import io
 import json
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -30,6 +31,7 @@ from imagegen_common.models import (
 from imagegen_common.presign import sign_generated_images
 from imagegen_common.pricing import (
     BEDROCK_IMAGE_PRICES,
+    GPU_HOUR_PRICES,
     GPU_INSTANCE_PRICE,
     PricingError,
     bedrock_image_cost,
@@ -41,6 +43,7 @@ from tests.conftest import import_function
 from tests.unit.test_job_logic import s3_client
 
 NOW = datetime(2026, 11, 25, 12, 0, tzinfo=UTC)
+REPO_ROOT = Path(__file__).resolve().parents[2]
 CORE = "stability.stable-image-core-v1:1"
 
 
@@ -68,6 +71,33 @@ def test_every_callable_model_has_a_price_with_its_source_and_date() -> None:
 def test_the_gpu_services_default_hourly_price_is_the_tables() -> None:
     default = GpuSettings.model_fields["gpu_price_per_hour_usd"].default
     assert default == GPU_INSTANCE_PRICE.usd
+    for price in GPU_HOUR_PRICES.values():
+        assert price.usd > 0 and price.unit == "GPU-hour"
+        assert price.source.startswith("https://aws.amazon.com/") and price.read_on
+
+
+def cost_md_gpu_rows() -> list[dict[str, str]]:
+    """The rows of docs/cost.md's GPU table (throughput, source, GPU, price, cost per image)."""
+    text = (REPO_ROOT / "docs" / "cost.md").read_text()
+    table = text.split("| throughput | source | GPU | price per GPU-hour | cost per image |", 1)[1]
+    rows = []
+    for line in table.splitlines()[2:]:
+        if not line.startswith("|"):
+            break
+        cells = [cell.strip() for cell in line.strip("|").split("|")]
+        rows.append(dict(zip(["throughput", "source", "gpu", "price", "cost"], cells, strict=True)))
+    return rows
+
+
+def test_docs_price_each_gpu_at_its_own_hour_and_the_arithmetic_holds() -> None:
+    rows = cost_md_gpu_rows()
+    assert {row["gpu"] for row in rows} == set(GPU_HOUR_PRICES)
+    for row in rows:
+        price = GPU_HOUR_PRICES[row["gpu"]].usd
+        assert float(row["price"].lstrip("$")) == price, row
+        images_per_second = float(row["throughput"].split()[0])
+        expected = price / 3600 / images_per_second
+        assert float(row["cost"].lstrip("$")) == pytest.approx(expected, rel=0.02), row
 
 
 def test_overrides_are_read_from_model_equals_price_pairs() -> None:

@@ -8,11 +8,13 @@ EventBridge detail) is one of these models, dumped with ``model_dump(mode="json"
 
 from __future__ import annotations
 
+import unicodedata
 from datetime import datetime
 from enum import StrEnum
 from typing import Annotated, Final, Literal
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -22,6 +24,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 SCHEMA_VERSION: Final = "1.0"
 """Version of an event ``detail`` whose shape is as first published. Bump the minor part when
@@ -113,6 +116,22 @@ class Stage(StrEnum):
     CANCELLED = "cancelled"
 
 
+STAGE_LABELS: Final[dict[Stage, str]] = {
+    Stage.QUEUED: "Queued",
+    Stage.VALIDATING: "Validating the request",
+    Stage.GENERATING: "Generating",
+    Stage.STORING: "Storing images",
+    Stage.SIGNING: "Signing image URLs",
+    Stage.PUBLISHING: "Publishing the result",
+    Stage.FAILING: "Failing",
+    Stage.SUCCEEDED: "Succeeded",
+    Stage.FAILED: "Failed",
+    Stage.TIMED_OUT: "Timed out",
+    Stage.CANCELLED: "Cancelled",
+}
+"""What each stage means, in words for people: the OpenAPI document gives them with the enum
+(``x-enum-descriptions``), and the playground shows them."""
+
 TERMINAL_STAGE_BY_STATUS: Final[dict[ExecutionStatus, Stage]] = {
     ExecutionStatus.SUCCEEDED: Stage.SUCCEEDED,
     ExecutionStatus.FAILED: Stage.FAILED,
@@ -165,11 +184,81 @@ class WebhookRequest(BaseModel):
         return events
 
 
+# --- What a prompt may hold -------------------------------------------------------------------
+# Prompts reach logs, terminals, the job list and a model. A prompt is text a person can read:
+# letters (L*), marks (M*), numbers (N*), punctuation (P*), symbols (S*), spaces (Zs), tabs and
+# line breaks, and at least one visible character. Refused, each with its rule:
+#   control_character     other C0/C1 controls (Cc: NUL, ESC and the terminal escapes it starts),
+#                         and the line and paragraph separators (Zl, Zp)
+#   bidi_control          bidirectional embeddings, overrides, isolates and marks, which reorder
+#                         what is shown (U+202E makes "gpj.exe" read "exe.jpg" in a job list)
+#   format_character      other invisible format characters (Cf: U+200B, U+2060, U+FEFF, ...),
+#                         but ZWJ and ZWNJ (emoji sequences, Indic and Persian scripts) and the
+#                         emoji tag characters (subdivision flags), which text needs
+#   private_use_character private-use code points (Co), which show as nothing agreed
+#   surrogate_character   lone surrogates (Cs), which are no text at all
+#   no_visible_characters nothing but spaces, marks and the invisible letters (Hangul fillers,
+#                         the blank braille pattern)
+# Unassigned code points (Cn) pass: Python's Unicode tables lag new characters (emoji), and
+# they hold nothing the rules above guard against.
+_LINE_BREAKS = frozenset("\t\n\r")
+_BIDI_CONTROLS = frozenset(
+    "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+)
+_JOINERS = frozenset("\u200c\u200d")
+_EMOJI_TAGS = range(0xE0020, 0xE0080)
+_INVISIBLE_LETTERS = frozenset("\u115f\u1160\u3164\uffa0\u2800")
+
+
+def _character_problem(character: str) -> str | None:
+    """The rule a character of a prompt breaks, or None."""
+    category = unicodedata.category(character)
+    if category == "Cc":
+        return None if character in _LINE_BREAKS else "control_character"
+    if category in ("Zl", "Zp"):
+        return "control_character"
+    if character in _BIDI_CONTROLS:
+        return "bidi_control"
+    if category == "Cf":
+        allowed = character in _JOINERS or ord(character) in _EMOJI_TAGS
+        return None if allowed else "format_character"
+    if category == "Co":
+        return "private_use_character"
+    if category == "Cs":
+        return "surrogate_character"
+    return None
+
+
+def _readable_text(text: str) -> str:
+    for character in text:
+        rule = _character_problem(character)
+        if rule is not None:
+            name = unicodedata.name(character, "unnamed")
+            raise PydanticCustomError(
+                rule,
+                "U+{code} ({name}) is not allowed ({rule}): a prompt holds letters, marks, "
+                "numbers, punctuation, symbols, spaces, tabs and line breaks",
+                {"code": f"{ord(character):04X}", "name": name, "rule": rule},
+            )
+    if text and not any(
+        unicodedata.category(character)[0] in "LNPS" and character not in _INVISIBLE_LETTERS
+        for character in text
+    ):
+        raise PydanticCustomError(
+            "no_visible_characters", "the text has no visible character: nothing to draw"
+        )
+    return text
+
+
 Prompt = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_PROMPT_CHARS)
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_PROMPT_CHARS),
+    AfterValidator(_readable_text),
 ]
 NegativePrompt = Annotated[
-    str, StringConstraints(strip_whitespace=True, max_length=MAX_PROMPT_CHARS)
+    str,
+    StringConstraints(strip_whitespace=True, max_length=MAX_PROMPT_CHARS),
+    AfterValidator(_readable_text),
 ]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 Dimension = Annotated[int, Field(ge=64, le=2048, multiple_of=8)]
@@ -485,6 +574,30 @@ class JobStatus(BaseModel):
         description="What the job cost, once it has ended (as its result event says); null "
         "while it runs and for a cancelled job, whose spend is not recorded.",
     )
+
+
+class ModelOffer(BaseModel):
+    """A model a backend of this deployment runs."""
+
+    model_id: str = Field(description="What model_id names (Bedrock), or the GPU service's model.")
+    name: str = Field(description="The model's name, for people.")
+    default: bool = Field(description="The model a request that names none gets.")
+
+
+class BackendOffer(BaseModel):
+    """One backend of this deployment: its models and the sizes it takes."""
+
+    backend: Backend
+    default: bool = Field(description="The backend a request that names none gets.")
+    models: list[ModelOffer]
+    sizes: list[str] = Field(description="The WIDTHxHEIGHT sizes a request may ask of it here.")
+    default_size: str = Field(description="The size a request that names none gets.")
+
+
+class ModelCatalogue(BaseModel):
+    """Body of ``GET /models``: what this deployment offers, from its own settings."""
+
+    backends: list[BackendOffer]
 
 
 class JobSummary(BaseModel):

@@ -46,15 +46,30 @@ BEDROCK_IMAGE_PRICES: Final[Mapping[str, Price]] = {
 """On-demand price per generated image of every model in ``bedrock.registry`` (a test holds the
 two lists equal)."""
 
-GPU_INSTANCE_PRICE: Final = Price(
-    1.006,
-    "GPU-hour",
-    "https://aws.amazon.com/ec2/pricing/on-demand/ (g5.xlarge, Linux, us-east-1; also "
-    "factualminds.com's EC2 on-demand table of 2026-06)",
-    "2026-11",
-)
+GPU_HOUR_PRICES: Final[Mapping[str, Price]] = {
+    "A10G": Price(
+        1.006,
+        "GPU-hour",
+        "https://aws.amazon.com/ec2/pricing/on-demand/ (g5.xlarge, one A10G, Linux, us-east-1; "
+        "also factualminds.com's EC2 on-demand table of 2026-06)",
+        "2026-11",
+    ),
+    "H100": Price(
+        6.88,
+        "GPU-hour",
+        "https://aws.amazon.com/ec2/pricing/on-demand/ (p5.48xlarge, eight H100, Linux, "
+        "us-east-1: $55.04/h since AWS cut P5 prices by up to 45% in 2025-06, per usage.ai's "
+        "2026-06 guide; third-party tables still quote the old $98.32/h. Check the page)",
+        "2026-12",
+    ),
+}
+"""One GPU's on-demand hour, by GPU (a multi-GPU instance's price divided by its GPUs):
+what docs/cost.md prices each GPU's throughput at (a test holds its table to these)."""
+
+GPU_INSTANCE_PRICE: Final = GPU_HOUR_PRICES["A10G"]
 """An on-demand g5.xlarge (one A10G), the template's default GpuInstanceType: the default of the
-GPU service's GPU_PRICE_PER_HOUR_USD (a test holds them equal)."""
+GPU service's GPU_PRICE_PER_HOUR_USD and of the template's GpuPricePerHourUsd (tests hold them
+equal)."""
 
 STEP_FUNCTIONS_TRANSITION = Price(
     0.000025, "state transition", "https://aws.amazon.com/step-functions/pricing/", "2026-11"

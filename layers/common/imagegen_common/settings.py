@@ -123,10 +123,16 @@ class ApiSettings(GenerationSettings, JobsSettings):
     gpu_queue_url: str | None = Field(
         default=None, description="The GPU job queue, whose backlog POST /generate checks."
     )
+    gpu_model_id: str | None = Field(
+        default=None,
+        description="The GPU service's model (GpuModelId), as GET /models names it; unset: "
+        "the API does not know it.",
+    )
     gpu_max_backlog: int = Field(
-        default=0,
+        default=500,
         ge=0,
-        description="GPU jobs waiting in the queue above which POST answers 429; 0: no limit.",
+        description="GPU jobs waiting in the queue above which POST answers 429; 0: no limit "
+        "(GpuMaxBacklog).",
     )
     gpu_backlog_retry_after_seconds: int = Field(
         default=30, ge=1, description="Retry-After of a 429 for a full GPU backlog."
