@@ -11,7 +11,8 @@ REQUIREMENTS := requirements/uv.txt requirements/dev.txt layers/common/requireme
 # The venvs are installed with uv (scripts/tool_venv.sh: uv_install), pinned in requirements/uv.txt.
 TOOLS := export BASE_PYTHON=$(PYTHON) && source scripts/tool_venv.sh &&
 
-.PHONY: help venv demo run lint template deployment unit workflow e2e browser test clean
+.PHONY: help venv demo run lint template deployment unit workflow e2e e2e-stack e2e-processes \
+	browser test clean
 
 help:
 	@echo "make demo      install everything, run the whole workflow offline once, print the image path"
@@ -60,16 +61,26 @@ workflow: venv
 	$(PYTEST) tests/workflow
 
 # The end-to-end tests and the playground's (web/, in headless Chromium: /usr/bin/chromium, which
-# .ci/run installs) in one run: they share one local stack (tests/e2e/conftest.py).
+# .ci/run installs): those on the one local stack they share (tests/conftest.py marks them
+# shared_stack) and the others, which start stacks and processes of their own, as two pytest
+# runs side by side. (pytest-xdist's --dist loadgroup does not group tests under pytest 9.2.)
+E2E_LANES := 'e2e-stack & e2e-processes'
 e2e: venv
-	$(PYTEST) tests/e2e tests/browser
+	bash scripts/run_checks.sh $(E2E_LANES)
+
+e2e-stack: venv
+	$(PYTEST) -m shared_stack tests/e2e tests/browser
+
+e2e-processes: venv
+	$(PYTEST) -m "not shared_stack" tests/e2e
 
 browser: venv
 	$(PYTEST) tests/browser
 
-# Every check CI runs, each step timed (scripts/run_checks.sh prints the times at the end).
+# Every check CI runs, each step timed (scripts/run_checks.sh prints the times at the end); the
+# static checks run beside the workflow tests, which leave most of a core idle.
 test: venv
-	bash scripts/run_checks.sh lint template deployment unit workflow e2e
+	bash scripts/run_checks.sh unit 'workflow & lint + template + deployment' $(E2E_LANES)
 
 clean:
 	rm -rf $(VENV) .venv-uv .venv-sam .venv-checkov .venv-deploy .aws-sam .mypy_cache .ruff_cache \

@@ -14,6 +14,7 @@ every image is noise. Development only: the runtime image leaves this module out
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import logging
 import shutil
@@ -206,12 +207,22 @@ def ensure_tiny_model(path: Path | str = DEFAULT_TINY_MODEL_DIR, *, force: bool 
     """Build the tiny model into ``path`` unless it is already there; returns ``path``.
 
     The build goes to a sibling temporary directory that is renamed into place, so a crash or a
-    concurrent builder never leaves a half-written model that a later call would accept.
+    concurrent builder never leaves a half-written model that a later call would accept; and
+    builders of one path take turns (a lock file beside it), so processes that start at once
+    build it once: the second finds the first's.
     """
     target = Path(path)
     if (target / _MARKER).is_file() and not force:
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
+    with open(target.parent / f".{target.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if (target / _MARKER).is_file() and not force:
+            return target
+        return _build(target, force)
+
+
+def _build(target: Path, force: bool) -> Path:
     staging = Path(tempfile.mkdtemp(prefix=".tiny-model-build-", dir=target.parent))
     try:
         build_random_pipeline(TINY_ARCHITECTURE).save_pretrained(str(staging / "model"))

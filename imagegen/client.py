@@ -26,6 +26,12 @@ class ApiError(RuntimeError):
         self.body = body
 
 
+CONNECTION_LIMITS = httpx.Limits(keepalive_expiry=2.0)
+"""An idle connection is reused for 2 s at most: less than the 5 s a server keeps one open
+(uvicorn's default, the local API's). Reused later, a request can cross the server's close on the
+wire and fail with "Server disconnected without sending a response"."""
+
+
 class ImagegenClient:
     """``POST /generate``, ``GET``/``DELETE /generate/{id}`` and image downloads.
 
@@ -40,7 +46,7 @@ class ImagegenClient:
         headers = {"Accept": "application/json", "User-Agent": "imagegen-cli"}
         if api_key:
             headers["x-api-key"] = api_key
-        self._http = httpx.Client(headers=headers, timeout=timeout_s)
+        self._http = httpx.Client(headers=headers, timeout=timeout_s, limits=CONNECTION_LIMITS)
 
     def close(self) -> None:
         self._http.close()

@@ -182,6 +182,7 @@ def _workers_asked_for(item: pytest.Item) -> tuple[int, dict[str, Any]]:
     return (marker.args[0], dict(marker.kwargs)) if marker else (1, {})
 
 
+@pytest.hookimpl(tryfirst=True)  # before -m selects by the marks set here
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run the tests on a shared moto last (the shared local stack's, the workflow suite's), those
     on the local stack grouped by the GPU workers they ask for.
@@ -204,6 +205,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     on_the_stack = [item for item in items if shares_a_moto(item)]
     others = [item for item in items if not shares_a_moto(item)]
     items[:] = others + sorted(on_the_stack, key=group)
+    # `make e2e` runs the tests on the shared local stack (-m shared_stack) and the others, which
+    # start the processes, ports or moto they need, as two pytest runs side by side.
+    for item in on_the_stack:
+        item.add_marker(pytest.mark.shared_stack)
 
 
 @pytest.fixture

@@ -30,6 +30,7 @@ from typing import Any
 import boto3
 import httpx
 
+from imagegen.client import CONNECTION_LIMITS
 from imagegen.local.stack import LocalStack, LocalStackOptions
 from tests.endings import EndingsSeen
 
@@ -135,7 +136,12 @@ class Harness:
         self.stack = shared.stack
         self.api_key = api_key
         self.headers = {"x-api-key": api_key, "Content-Type": "application/json"}
-        self.http = httpx.Client(base_url=self.stack.api_url, headers=self.headers, timeout=60)
+        self.http = httpx.Client(
+            base_url=self.stack.api_url,
+            headers=self.headers,
+            timeout=60,
+            limits=CONNECTION_LIMITS,
+        )
         self.server_errors: list[tuple[str, int, str]] = []
         self._lock = threading.Lock()
         self._workers_given: list[Any] = []

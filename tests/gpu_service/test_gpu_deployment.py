@@ -8,6 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from gpu_service.settings import Settings
@@ -210,3 +211,48 @@ def test_the_ecs_worker_may_put_progress_on_the_bus_it_is_given() -> None:
     # On EKS the bus comes from the ConfigMap; EVENT_SOURCE and PROGRESS_REPORTING keep their
     # defaults (imagegen, true), which the ConfigMap does not restate.
     assert "EVENT_BUS_NAME" in _documents()["ConfigMap/imagegen-gpu"]["data"]
+
+
+# --- gpu_service/README.md's settings table -------------------------------------------------
+
+NOT_SETTINGS = {"HF_HOME", "HF_HUB_OFFLINE", "AWS_REGION", "AWS_ENDPOINT_URL"}
+"""Variables of the libraries (Hugging Face, boto3) that the table lists beside ours."""
+
+
+def documented_settings() -> list[tuple[list[str], list[str]]]:
+    """The README's configuration table: each row's variables, with its defaults split to match
+    (``1 / 0.0`` for two variables, ``512`` for both)."""
+    text = (GPU_SERVICE / "README.md").read_text()
+    table = text.split("## Configuration (environment variables)", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in table.splitlines():
+        if not line.startswith("| `"):
+            continue
+        names_cell, default_cell = line.split("|")[1:3]
+        names = re.findall(r"`([A-Z0-9_]+)`", names_cell)
+        defaults = [part.strip().strip("`") for part in re.split(r" / |, ", default_cell.strip())]
+        if len(defaults) == 1:
+            defaults = defaults * len(names)
+        rows.append((names, defaults))
+    return rows
+
+
+def test_the_readme_documents_every_setting_and_no_other() -> None:
+    documented = {name for names, _ in documented_settings() for name in names}
+    assert documented - NOT_SETTINGS == {field.upper() for field in Settings.model_fields}
+
+
+def test_the_readme_gives_each_setting_its_default() -> None:
+    checked = 0
+    for names, defaults in documented_settings():
+        for name, text in zip(names, defaults, strict=True):
+            field = Settings.model_fields.get(name.lower())
+            if field is None or field.default is None or text in {"\u2013", "**required**"}:
+                continue
+            if " " in text:  # words, not a value ("model's own", "/models in the image")
+                continue
+            with pytest.MonkeyPatch.context() as patch:
+                patch.setenv(name, text)
+                assert getattr(Settings(), name.lower()) == field.default, (name, text)
+            checked += 1
+    assert checked >= 20

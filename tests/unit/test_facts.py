@@ -386,3 +386,37 @@ def test_the_wait_fits_the_function_which_fits_the_gateway() -> None:
     function_timeout = template()["Resources"]["ApiFunction"]["Properties"]["Timeout"]
     assert function_timeout >= prefer.MAX_WAIT_SECONDS + prefer.ANSWER_MARGIN_SECONDS
     assert function_timeout < INTEGRATION_TIMEOUT_S == 29
+
+
+# --- docs/template.md ------------------------------------------------------------------------
+
+
+def documented_parameters() -> list[tuple[list[str], list[str]]]:
+    """docs/template.md's parameter table: each row's parameters, with the backticked values of
+    its default cell ("empty" is '')."""
+    text = (REPO_ROOT / "docs" / "template.md").read_text()
+    table = text.split("## Parameters", 1)[1].split("\n## ", 1)[0]
+    rows = []
+    for line in table.splitlines():
+        if line.startswith("| `"):
+            names, default = line.split("|")[1:3]
+            values = re.findall(r"`([^`]*)`", default) or ([""] if "empty" in default else [])
+            rows.append((re.findall(r"`([A-Za-z0-9]+)`", names), values))
+    return rows
+
+
+def test_the_template_reference_lists_every_parameter_and_no_other() -> None:
+    documented = [name for names, _ in documented_parameters() for name in names]
+    assert sorted(documented) == sorted(template()["Parameters"])
+
+
+def test_a_documented_default_of_one_parameter_is_the_templates() -> None:
+    checked = 0
+    for names, values in documented_parameters():
+        if len(names) != 1 or len(values) != 1:
+            continue
+        default = template()["Parameters"][names[0]].get("Default")
+        if default is not None and not isinstance(default, list):
+            assert values[0] == str(default), f"docs/template.md gives {names[0]} {values[0]!r}"
+            checked += 1
+    assert checked >= 15
