@@ -16,7 +16,7 @@ import boto3
 import httpx
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
 from schemathesis.specs.openapi.checks import (
@@ -119,6 +119,8 @@ def test_the_served_api_answers_as_its_openapi_document_says(
             max_examples=15, deadline=None, database=None, suppress_health_check=list(HealthCheck)
         )
         def answers_as_documented(case: schemathesis.Case) -> None:
+            # An empty path parameter ("/generate/") names another route: not this operation's.
+            assume(all(str(v) not in {"", ".", ".."} for v in case.path_parameters.values()))
             case.call_and_validate(
                 base_url=harness.stack.api_url,
                 headers={"x-api-key": harness.api_key},

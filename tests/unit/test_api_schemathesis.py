@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 import boto3
 import pytest
 import schemathesis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from moto import mock_aws
 from schemathesis.checks import not_a_server_error
 from schemathesis.generation import GenerationMode
@@ -154,6 +154,9 @@ def test_api_answers_as_its_openapi_document_says(
         suppress_health_check=list(HealthCheck),
     )
     def answers_as_documented(case: Any) -> None:
+        # A path parameter the negative mode makes empty ("/generate/") names another route,
+        # whose answer this operation's schema does not describe: not this operation's case.
+        assume(all(str(value) not in {"", ".", ".."} for value in case.path_parameters.values()))
         case.call_and_validate(checks=CHECKS)
 
     answers_as_documented()
