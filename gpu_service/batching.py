@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
-from gpu_service.engine import BatchKey, ImageSpec
+from gpu_service.image_specs import BatchKey, ImageSpec
 
 logger = logging.getLogger(__name__)
 

@@ -6,7 +6,11 @@ built from its configuration (no download; the arithmetic is that of the real mo
 
 - naive: float32, one request at a time (the plain FastAPI design);
 - ours: float16 + SDPA, batches of ``--batch``; and the same with ``torch.compile``;
-- server: ours through the server's MicroBatcher with ``--concurrency`` clients (no HTTP).
+- server: ours through the server's MicroBatcher with ``--concurrency`` clients (no HTTP);
+- worker path: the queue worker's whole pipeline (``gpu_service.path_bench``: receive, the
+  engine, PNG encoding, S3 puts, task answers, deletes) on the same engine, SQS, S3 and Step
+  Functions in memory with ``--worker-latency-ms`` per call, in rounds that alternate with the
+  engine alone; the row gives the worker's images/s and its ratio to the engine's.
 
 Reports images/s, p50/p95 latency per image (a batched image waits for its whole batch), peak GPU
 memory, and FLOP per image counted with ``torch.utils.flop_counter`` (achieved TFLOP/s and the
@@ -39,7 +43,9 @@ from typing import Any
 import torch
 
 from gpu_service.batching import MicroBatcher
-from gpu_service.engine import Engine, ImageSpec
+from gpu_service.engine import Engine
+from gpu_service.image_specs import ImageSpec
+from gpu_service.path_bench import BUCKET, MemoryBacking, measure
 from gpu_service.settings import Settings
 from gpu_service.tiny_model import SD15_ARCHITECTURE, build_random_pipeline, ensure_tiny_model
 
@@ -174,6 +180,47 @@ def run_server(
     )
 
 
+def run_worker_path(
+    engine: Engine, profile: Profile, *, max_batch: int, images: int, latency_ms: float
+) -> Row:
+    """The worker's whole path on ``engine`` against the engine alone, three pairs of rounds."""
+    settings = Settings(
+        device=engine.device,
+        default_width=profile.width,
+        default_height=profile.height,
+        default_steps=profile.steps,
+        default_guidance=profile.guidance,
+        max_batch=max_batch,
+        gpu_queue_url="in-memory",
+        images_bucket=BUCKET,
+        receive_wait_seconds=1,
+        progress_reporting=False,
+    )
+    engine.generate(_specs(profile, max_batch, offset=10_000))  # warm this shape
+    _reset_peak(engine.device)
+    result = measure(
+        engine,
+        settings,
+        lambda: MemoryBacking(latency_ms / 1000),
+        jobs=images,
+        rounds=3,
+        width=profile.width,
+        height=profile.height,
+    )
+    steady = statistics.median(result.steady_images_per_second)
+    return Row(
+        f"worker path, {latency_ms:g} ms per AWS call: **{result.steady_ratio:.2f}x** the "
+        f"engine alone ({statistics.median(result.engine_images_per_second):.2f} img/s)",
+        str(engine.dtype).removeprefix("torch."),
+        f"≤{max_batch}",
+        _compiled(engine),
+        images,
+        images / steady,
+        [],  # a job's latency is not what this row measures
+        _peak(engine.device),
+    )
+
+
 def _compiled(engine: Engine) -> bool:
     return type(engine.pipeline.unet).__name__ == "OptimizedModule"
 
@@ -202,6 +249,10 @@ def flop_per_image(engine: Engine, profile: Profile) -> float:
 def _percentile(values: list[float], share: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, round(share * (len(ordered) - 1)))]
+
+
+def _seconds(latencies: list[float], share: float) -> str:
+    return f"{_percentile(latencies, share):.2f}" if latencies else "n/a"
 
 
 def device_name(device: str) -> str:
@@ -238,8 +289,8 @@ def render(
     for row in rows:
         lines.append(
             f"| {row.scenario} | {row.dtype} | {row.batch} | {'yes' if row.compiled else 'no'} "
-            f"| {row.images} | {row.images_per_second:.2f} | {_percentile(row.latencies, 0.5):.2f} "
-            f"| {_percentile(row.latencies, 0.95):.2f} | {row.peak_memory / 2**30:.2f} "
+            f"| {row.images} | {row.images_per_second:.2f} | {_seconds(row.latencies, 0.5)} "
+            f"| {_seconds(row.latencies, 0.95)} | {row.peak_memory / 2**30:.2f} "
             f"| {row.images_per_second * flop / 1e12:.3g} |"
         )
     if peak_tflops:
@@ -277,6 +328,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile rows")
+    parser.add_argument(
+        "--worker-latency-ms", type=float, default=20.0, help="added to each AWS call (worker)"
+    )
     parser.add_argument("--compile-mode", default="default")
     parser.add_argument("--peak-tflops", type=float, default=None, help="GPU's dense peak")
     parser.add_argument("--output", type=Path, default=None, help="markdown file to update")
@@ -365,6 +419,15 @@ def main(argv: list[str] | None = None) -> None:
             max_batch=args.batch,
             concurrency=args.concurrency,
             images=profile.batched_images,
+        )
+    )
+    rows.append(
+        run_worker_path(
+            server_engine,
+            profile,
+            max_batch=args.batch,
+            images=profile.batched_images,
+            latency_ms=args.worker_latency_ms,
         )
     )
 

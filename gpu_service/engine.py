@@ -11,83 +11,28 @@ through diffusers' ``callback_on_step_end``): the queue worker reports job progr
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import time
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
 import torch
 
+from gpu_service.image_specs import (
+    BatchKey,
+    DenoisingStep,
+    ImageSpec,
+    StepObserver,
+    encode_png,
+    shared_batch_key,
+)
 from gpu_service.settings import Settings
 
 logger = logging.getLogger(__name__)
 
 _DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
 T = TypeVar("T")
-
-
-class BatchKey(NamedTuple):
-    """What images must share to go through one pipeline call."""
-
-    width: int
-    height: int
-    steps: int
-    guidance: float
-
-
-class DenoisingStep(NamedTuple):
-    """A denoising step of a pipeline call has just finished: ``step`` of ``steps`` (1-based)."""
-
-    step: int
-    steps: int
-
-
-StepObserver = Callable[[DenoisingStep], None]
-"""Called on the engine's thread after each denoising step of a call, for every image of it
-at once: keep it quick (the GPU waits), and let it hand slow work to another thread. What it
-raises is logged, never passed on: an observer cannot break a generation."""
-
-
-@dataclass(frozen=True)
-class ImageSpec:
-    """One image to make."""
-
-    prompt: str
-    seed: int
-    width: int
-    height: int
-    steps: int
-    guidance: float
-    negative_prompt: str | None = None
-
-    @property
-    def batch_key(self) -> BatchKey:
-        return BatchKey(self.width, self.height, self.steps, self.guidance)
-
-
-def plan_batches(items: Iterable[T], key: Callable[[T], Hashable], max_batch: int) -> list[list[T]]:
-    """Group items with equal keys into batches of at most ``max_batch``, keeping their order."""
-    if max_batch < 1:
-        raise ValueError(f"max_batch must be at least 1, got {max_batch}")
-    groups: dict[Hashable, list[T]] = {}
-    for item in items:
-        groups.setdefault(key(item), []).append(item)
-    return [
-        group[start : start + max_batch]
-        for group in groups.values()
-        for start in range(0, len(group), max_batch)
-    ]
-
-
-def _shared_batch_key(specs: Sequence[ImageSpec]) -> BatchKey:
-    key = specs[0].batch_key
-    mismatched = [spec.batch_key for spec in specs if spec.batch_key != key]
-    if mismatched:
-        raise ValueError(f"specs of one batch must share {key}, got {mismatched[0]}")
-    return key
 
 
 def resolve_device(requested: str) -> str:
@@ -102,12 +47,6 @@ def resolve_dtype(requested: str, device: str) -> torch.dtype:
     if requested == "auto":
         return torch.float16 if device == "cuda" else torch.float32
     return _DTYPES[requested]
-
-
-def encode_png(image: Any) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
 
 
 class Engine:
@@ -134,10 +73,10 @@ class Engine:
     # 1. Load ------------------------------------------------------------------------------------
     @classmethod
     def load(cls, settings: Settings) -> Engine:
+        device = resolve_device(settings.device)  # before diffusers' import: seconds
+        dtype = resolve_dtype(settings.dtype, device)
         from diffusers import AutoPipelineForText2Image
 
-        device = resolve_device(settings.device)
-        dtype = resolve_dtype(settings.dtype, device)
         started = time.perf_counter()
         pipeline = AutoPipelineForText2Image.from_pretrained(
             settings.model_id, revision=settings.model_revision, dtype=dtype
@@ -155,6 +94,8 @@ class Engine:
     @classmethod
     def from_pipeline(cls, pipeline: Any, settings: Settings, *, model_id: str) -> Engine:
         """Move a pipeline to the configured device and dtype and apply the speed settings."""
+        if settings.torch_threads:
+            torch.set_num_threads(settings.torch_threads)  # process-wide: the engine's process
         device = resolve_device(settings.device)
         dtype = resolve_dtype(settings.dtype, device)
         pipeline.to(device=device, dtype=dtype)
@@ -184,7 +125,7 @@ class Engine:
         engine's thread, so the event loop never blocks and no second thread pool is needed."""
         if not specs:
             return []
-        key = _shared_batch_key(specs)
+        key = shared_batch_key(specs)
         return await asyncio.wrap_future(self._executor.submit(self._generate_pngs, specs, key))
 
     def generate_images(
@@ -193,7 +134,7 @@ class Engine:
         """PIL images for each spec, in order, from one pipeline call."""
         if not specs:
             return []
-        return self.run(self._call_pipeline, specs, _shared_batch_key(specs), on_step)
+        return self.run(self._call_pipeline, specs, shared_batch_key(specs), on_step)
 
     def run(self, function: Callable[..., T], *args: Any) -> T:
         """``function(*args)`` on the engine's thread, after the calls before it."""

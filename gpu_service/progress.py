@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from gpu_service.engine import DenoisingStep, StepObserver
+from gpu_service.image_specs import DenoisingStep, StepObserver
 from imagegen_common.models import (
     IMAGE_GENERATION_PROGRESS,
     Backend,

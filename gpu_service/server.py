@@ -35,7 +35,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gpu_service.batching import BatchRecord, MicroBatcher, QueueFullError
 from gpu_service.cli import settings_from_command_line
-from gpu_service.engine import Engine, ImageSpec, load_ready_engine
+from gpu_service.engine import Engine, load_ready_engine
+from gpu_service.image_specs import ImageSpec
 from gpu_service.settings import Settings, get_settings
 from imagegen_common.models import MAX_SEED, Dimension, NegativePrompt, Prompt, Seed
 

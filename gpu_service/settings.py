@@ -38,7 +38,18 @@ class Settings(BaseSettings):
     torch_compile: bool = Field(default=False, description="torch.compile the UNet at load.")
     torch_compile_mode: str = "default"
     channels_last: bool = False
+    torch_threads: int | None = Field(
+        default=None,
+        ge=1,
+        description="CPU threads torch's operators use in the engine's process; torch's own "
+        "choice (the cores) when unset. On a GPU the host's threads matter little.",
+    )
     warmup: bool = Field(default=True, description="Run one generation before reporting ready.")
+    engine_process: bool = Field(
+        default=True,
+        description="The worker loads the model in a process of its own, so that its I/O "
+        "threads never hold the interpreter the pipeline calls need (worker).",
+    )
 
     default_width: int = Field(default=512, ge=64, le=2048, multiple_of=8)
     default_height: int = Field(default=512, ge=64, le=2048, multiple_of=8)
@@ -93,6 +104,40 @@ class Settings(BaseSettings):
     )
     liveness_file: str | None = Field(
         default=None, description="A file the worker touches after each poll (liveness probe)."
+    )
+    store_threads: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Threads that encode PNGs and put them in S3 beside the pipeline calls.",
+    )
+    call_threads: int = Field(
+        default=16,
+        ge=1,
+        le=256,
+        description="Threads for the worker's Step Functions calls (task answers, heartbeats), "
+        "which have no batch form: they are made side by side.",
+    )
+    recheck_after_seconds: float = Field(
+        default=2.0,
+        ge=0,
+        description="A job whose task was last found alive longer ago than this, and which "
+        "waited through a pipeline call, is checked again before its own call (a heartbeat "
+        "sent while the earlier call runs): a cancel that lands later costs at most that call.",
+    )
+    ahead_batches: float = Field(
+        default=2.0,
+        ge=1,
+        le=16,
+        description="Images received ahead of the engine, in batches of MAX_BATCH: the next "
+        "call is always ready, and no more is held than the queue can give another worker.",
+    )
+    behind_batches: float = Field(
+        default=4.0,
+        ge=1,
+        le=64,
+        description="Images made but not yet stored and reported, in batches of MAX_BATCH, "
+        "past which the worker receives no more; at twice it, the engine waits for the stores.",
     )
     # --- Progress events (worker) -------------------------------------------------------------
     event_bus_name: str | None = Field(

@@ -38,7 +38,8 @@ from typing import Any
 import boto3
 import torch
 
-from gpu_service.engine import DenoisingStep, Engine, StepObserver
+from gpu_service.engine import Engine
+from gpu_service.image_specs import DenoisingStep, StepObserver
 from gpu_service.settings import Settings
 from gpu_service.tiny_model import ensure_tiny_model
 from gpu_service.worker import Worker
@@ -60,12 +61,12 @@ class InMemorySqs:
         messages, self.waiting = self.waiting, []
         return {"Messages": messages}
 
-    def delete_message(self, **_: Any) -> dict[str, Any]:
-        self.deleted += 1
-        return {}
+    def delete_message_batch(self, **kwargs: Any) -> dict[str, Any]:
+        self.deleted += len(kwargs["Entries"])
+        return {"Successful": [{"Id": entry["Id"]} for entry in kwargs["Entries"]]}
 
-    def change_message_visibility(self, **_: Any) -> dict[str, Any]:
-        return {}
+    def change_message_visibility_batch(self, **kwargs: Any) -> dict[str, Any]:
+        return {"Successful": [{"Id": entry["Id"]} for entry in kwargs["Entries"]]}
 
 
 class InMemoryS3:

@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gpu_service.engine import DenoisingStep, Engine, ImageSpec, plan_batches
+from gpu_service.engine import Engine
+from gpu_service.image_specs import DenoisingStep, ImageSpec, plan_batches
 from gpu_service.settings import Settings
 from gpu_service.tiny_model import SD15_ARCHITECTURE, build_random_pipeline, ensure_tiny_model
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from gpu_service.engine import DenoisingStep
+from gpu_service.image_specs import DenoisingStep
 from gpu_service.progress import (
     CallShare,
     JobProgress,

@@ -14,7 +14,8 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from gpu_service.engine import Engine, ImageSpec
+from gpu_service.engine import Engine
+from gpu_service.image_specs import ImageSpec
 from gpu_service.settings import Settings
 from gpu_service.worker import Worker
 from imagegen_common.models import GenerationResult
@@ -150,7 +151,7 @@ class DyingEngine(Engine):
     def __init__(self, inner: Engine) -> None:
         super().__init__(inner.pipeline, model_id=inner.model_id, device="cpu", dtype=inner.dtype)
 
-    def generate(self, specs: Sequence[ImageSpec]) -> list[bytes]:
+    def generate_images(self, specs: Sequence[ImageSpec], on_step: Any = None) -> list[Any]:
         raise KilledWorkerError
 
 
@@ -193,10 +194,10 @@ class GatedEngine(Engine):
         self.started = threading.Event()
         self.release = threading.Event()
 
-    def generate(self, specs: Sequence[ImageSpec]) -> list[bytes]:
+    def generate_images(self, specs: Sequence[ImageSpec], on_step: Any = None) -> list[Any]:
         self.started.set()
         wait_for(self.release, 30, "the test releases the batch")
-        return super().generate(specs)
+        return super().generate_images(specs, on_step)
 
 
 def test_a_long_batch_heartbeats_and_keeps_its_message_hidden(
@@ -234,10 +235,12 @@ def test_a_long_batch_heartbeats_and_keeps_its_message_hidden(
     assert stolen == []  # the visibility was extended past its 2 s
     assert aws.finished(execution)["status"] == "SUCCEEDED"
     assert sfn.calls.count("send_task_heartbeat") >= 3  # one on accept, then periodic
-    assert sqs.calls.count("change_message_visibility") >= 3
+    assert sqs.calls.count("change_message_visibility_batch") >= 3
     assert "send_task_success" in sfn.calls
     assert "send_task_failure" not in sfn.calls
-    assert sqs.calls.index("delete_message") > sqs.calls.index("change_message_visibility")
+    assert sqs.calls.index("delete_message_batch") > sqs.calls.index(
+        "change_message_visibility_batch"
+    )
 
 
 class RecordingEngine(Engine):
@@ -245,9 +248,9 @@ class RecordingEngine(Engine):
         super().__init__(inner.pipeline, model_id=inner.model_id, device="cpu", dtype=inner.dtype)
         self.batch_sizes: list[int] = []
 
-    def generate(self, specs: Sequence[ImageSpec]) -> list[bytes]:
+    def generate_images(self, specs: Sequence[ImageSpec], on_step: Any = None) -> list[Any]:
         self.batch_sizes.append(len(specs))
-        return super().generate(specs)
+        return super().generate_images(specs, on_step)
 
 
 def test_compatible_jobs_share_pipeline_calls(
@@ -318,10 +321,10 @@ class TimedEngine(RecordingEngine):
         self.clock = clock
         self.seconds = seconds
 
-    def generate(self, specs: Sequence[ImageSpec]) -> list[bytes]:
-        pngs = super().generate(specs)
+    def generate_images(self, specs: Sequence[ImageSpec], on_step: Any = None) -> list[Any]:
+        images = super().generate_images(specs, on_step)
         self.clock.now += self.seconds
-        return pngs
+        return images
 
 
 def test_each_image_costs_its_share_of_the_measured_call(

@@ -16,7 +16,8 @@ import pytest
 from botocore.exceptions import EndpointConnectionError
 from pydantic import ValidationError
 
-from gpu_service.engine import Engine, ImageSpec
+from gpu_service.engine import Engine
+from gpu_service.image_specs import ImageSpec
 from gpu_service.settings import Settings
 from gpu_service.worker import Worker
 from imagegen_common.models import GenerateRequest, GenerationResult, Job
@@ -39,10 +40,10 @@ class ScriptedEngine(Engine):
         self.before = before
         self.calls: list[list[ImageSpec]] = []
 
-    def generate(self, specs: Sequence[ImageSpec]) -> list[bytes]:
+    def generate_images(self, specs: Sequence[ImageSpec], on_step: Any = None) -> list[Any]:
         self.calls.append(list(specs))
         self.before(specs)
-        return super().generate(specs)
+        return super().generate_images(specs, on_step)
 
 
 def _send(aws: Aws, token: str, job: Job) -> None:
@@ -83,24 +84,28 @@ def test_a_job_whose_task_has_ended_is_dropped_without_the_engine_running(
 def test_a_job_whose_task_ends_while_it_waits_is_dropped_before_its_batch(
     aws: Aws, worker_for: Callable[..., Worker], engine: Engine
 ) -> None:
-    sfn = FakeStepFunctions()
-    token_by_width = {64: "first-size", 128: "second-size"}  # two sizes: two batches
-    for width, token in token_by_width.items():
+    """Two sizes, two calls: the job of the second is stopped after it was accepted. It is
+    checked again while the first call runs (the engine does not wait for that check) and
+    dropped before its own call."""
+
+    class StoppedAfterAccept(FakeStepFunctions):
+        def send_task_heartbeat(self, *, taskToken: str) -> dict[str, Any]:
+            if taskToken == "second-size" and "second-size" in self.heartbeats:
+                self.ended.add(taskToken)  # stopped after its first heartbeat (at accept)
+            return super().send_task_heartbeat(taskToken=taskToken)
+
+    sfn = StoppedAfterAccept()
+    for width, token in ((64, "first-size"), (128, "second-size")):
         _send(aws, token, make_job(width=width))
     aws.wait_for_message(count=2)
+    scripted = ScriptedEngine(engine, lambda specs: None)
 
-    def end_the_other_task(specs: Sequence[ImageSpec]) -> None:
-        if len(scripted.calls) == 1:  # while the first batch runs, the other task is stopped
-            sfn.ended.update(t for w, t in token_by_width.items() if w != specs[0].width)
+    worker = worker_for(scripted, stepfunctions=sfn, max_batch=4, recheck_after_seconds=0)
+    assert worker.poll_once() == 2
 
-    scripted = ScriptedEngine(engine, end_the_other_task)
-    assert worker_for(scripted, stepfunctions=sfn, max_batch=4).poll_once() == 2
-
-    assert len(scripted.calls) == 1  # the second batch never reached the GPU
-    [(ran, _)] = sfn.successes.items()
-    [dropped] = set(token_by_width.values()) - {ran}
-    assert ran == token_by_width[scripted.calls[0][0].width]
-    assert sfn.heartbeats.count(dropped) == 2  # at accept, and again before its batch
+    assert [call[0].width for call in scripted.calls] == [64]  # the second never reached it
+    assert list(sfn.successes) == ["first-size"]
+    assert sfn.heartbeats.count("second-size") == 2  # at accept, and again before its call
     assert sfn.failures == {}
     assert aws.queue_counts() == (0, 0)  # both messages deleted
 
@@ -214,7 +219,12 @@ def test_the_heartbeat_thread_survives_errors(
 ) -> None:
     sqs = FlakyClient(
         aws.sqs,
-        {"change_message_visibility": [RuntimeError("lost"), client_error("Throttling", "x")]},
+        {
+            "change_message_visibility_batch": [
+                RuntimeError("lost"),
+                client_error("Throttling", "x"),
+            ]
+        },
     )
 
     class FailingHeartbeats(FakeStepFunctions):
@@ -228,7 +238,7 @@ def test_the_heartbeat_thread_survives_errors(
 
     def hold_until_extended(specs: Sequence[ImageSpec]) -> None:
         # The batch outlasts two failed extensions and two good ones.
-        sqs.wait_for_calls("change_message_visibility", 4)
+        sqs.wait_for_calls("change_message_visibility_batch", 4)
 
     scripted = ScriptedEngine(engine, hold_until_extended)
     worker = worker_for(

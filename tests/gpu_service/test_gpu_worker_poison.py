@@ -203,17 +203,20 @@ class InjectingSqs:
         return response
 
     def _forward_unless_injected(self, call: str, **kwargs: Any) -> Any:
-        handle = str(kwargs.get("ReceiptHandle"))
-        if handle in self._fake_handles:
-            self.on_injected.append((call, handle))
-            return {}
-        return getattr(self._client, call)(**kwargs)
+        entries = []
+        for entry in kwargs.pop("Entries"):
+            handle = str(entry.get("ReceiptHandle"))
+            if handle in self._fake_handles:
+                self.on_injected.append((call, handle))
+            else:
+                entries.append(entry)
+        return getattr(self._client, call)(**kwargs, Entries=entries) if entries else {}
 
-    def delete_message(self, **kwargs: Any) -> Any:
-        return self._forward_unless_injected("delete_message", **kwargs)
+    def delete_message_batch(self, **kwargs: Any) -> Any:
+        return self._forward_unless_injected("delete_message_batch", **kwargs)
 
-    def change_message_visibility(self, **kwargs: Any) -> Any:
-        return self._forward_unless_injected("change_message_visibility", **kwargs)
+    def change_message_visibility_batch(self, **kwargs: Any) -> Any:
+        return self._forward_unless_injected("change_message_visibility_batch", **kwargs)
 
 
 def test_bodies_sqs_cannot_carry_are_left_alone_too(

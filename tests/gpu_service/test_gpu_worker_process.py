@@ -1,13 +1,14 @@
 """``python -m gpu_service.worker`` as its own process against moto in server mode (reached through
 boto3's standard ``AWS_ENDPOINT_URL``), as the local stack runs it: when a worker process is killed
-(SIGKILL) in the middle of a batch, a second one finishes the job of the real execution once the
-message's visibility runs out, and then exits cleanly on SIGTERM. The tiny model makes noise
-images."""
+(SIGKILL) in the middle of a batch, its engine process exits too, and a second worker finishes the
+job of the real execution once the message's visibility runs out, and then exits cleanly on
+SIGTERM. The tiny model makes noise images."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -30,14 +31,15 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 BUCKET = "images"
 
 # A worker process whose pipeline call never returns: it marks that its batch is in hand and
-# waits to be killed. Everything else (receive, accept, heartbeats, visibility) is the real worker.
+# waits to be killed. Everything else (its engine process, receive, accept, heartbeats,
+# visibility) is the real worker.
 STALLED_WORKER = """
 import sys, threading, pathlib
-from gpu_service import engine, worker
-def generate_until_killed(self, specs):
+from gpu_service import engine_process, worker
+def generate_until_killed(self, specs, on_step=None):
     pathlib.Path(sys.argv[1]).touch()
     threading.Event().wait()
-engine.Engine.generate = generate_until_killed
+engine_process.EngineProcess.generate_images = generate_until_killed
 worker.main([])
 """
 # The real worker, which waits for a file before it starts: its imports (seconds of torch and
@@ -160,6 +162,14 @@ def _wait_until(
         pause.wait(0.1)
 
 
+def _running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not gone, not a zombie)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ")[-1][0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
 def _stop(worker: subprocess.Popen[str], log: Path) -> str:
     """SIGTERM the worker, wait for it to exit, return its output."""
     if worker.poll() is None:
@@ -198,6 +208,10 @@ def test_a_job_whose_worker_process_is_killed_mid_batch_is_finished_by_another(
                 first.kill()
                 first.wait(timeout=10)
         assert first.returncode == -signal.SIGKILL
+        engine_pid = int(re.search(r"engine process (\d+) ready", first_log.read_text())[1])
+        _wait_until(
+            lambda: not _running(engine_pid), second, 10, "the killed worker's engine exited"
+        )
         assert branch.status(execution) == "RUNNING"
         assert branch.in_flight() == 1  # taken, neither reported nor deleted
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from gpu_service.engine import ImageSpec
+from gpu_service.image_specs import ImageSpec
 from gpu_service.settings import Settings
 from gpu_service.worker import Worker
 from imagegen_common.pricing import BEDROCK_IMAGE_PRICES
@@ -35,7 +35,7 @@ class _TimedEngine:
     def __init__(self, clock: _Clock) -> None:
         self.clock = clock
 
-    def generate(self, specs: Sequence[ImageSpec]) -> list[bytes]:
+    def generate_images(self, specs: Sequence[ImageSpec], on_step: Any = None) -> list[Any]:
         self.clock.now += CALL_SECONDS
         return [tiny_png(spec.width, spec.height) for spec in specs]
 
