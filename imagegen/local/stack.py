@@ -335,6 +335,10 @@ class LocalStack:
                 "RECEIVE_WAIT_SECONDS": "1",  # a quick exit on Ctrl-C
                 "BATCH_WAIT_MS": "0",
                 "WARMUP": "false",
+                # The engine process on one core: on a small machine the other one serves the
+                # stack itself (its API, functions and moto), which a burst of submissions needs
+                # while the workers make images.
+                "TORCH_THREADS": "1",
                 "PYTHONUNBUFFERED": "1",
                 # Its progress events go where the functions' events go.
                 **progress_environment(f.environment for f in self.stack.functions.values()),
