@@ -19,6 +19,7 @@ backlog); "whole round" from its start, the first receive and acceptance include
 
     .venv/bin/python scripts/measure_worker_path.py --steps 4 --aws-latency-ms 20
     .venv/bin/python scripts/measure_worker_path.py --steps 20
+    .venv/bin/python scripts/measure_worker_path.py --steps 4 --aws-latency-ms 20 --sleeping-engine
 """
 
 from __future__ import annotations
@@ -40,6 +41,7 @@ import torch
 
 from gpu_service.engine import Engine
 from gpu_service.engine_process import EngineProcess
+from gpu_service.image_specs import ImageSpec
 from gpu_service.path_bench import BUCKET, PathResult, measure, with_latency
 from gpu_service.settings import Settings
 from gpu_service.tiny_model import ensure_tiny_model
@@ -116,12 +118,44 @@ class MotoBacking:
                 raise TimeoutError(f"{self._answered} of {count} answered in {timeout_s} s")
 
 
+class SleepingAccelerator:
+    """``--sleeping-engine``: an accelerator that takes no CPU. Each call sleeps as long as the
+    real engine took for a full batch (scaled by the images in the call) and returns images the
+    real engine made; both rounds use it. What the ratio then measures is the orchestration
+    alone: whether the worker keeps an accelerator busy, without the host's work slowing it
+    down as it does when the accelerator is one of the same two CPU cores."""
+
+    def __init__(self, engine: Engine, settings: Settings, batch: int) -> None:
+        specs = [
+            ImageSpec(
+                f"a lighthouse, take {i}",
+                i,
+                settings.default_width,
+                settings.default_height,
+                settings.default_steps,
+                settings.default_guidance,
+            )
+            for i in range(batch)
+        ]
+        timings = []
+        for _ in range(3):
+            started = time.perf_counter()
+            self._images = engine.generate_images(specs)
+            timings.append(time.perf_counter() - started)
+        self.seconds_per_image = statistics.median(timings) / batch
+
+    def generate_images(self, specs: Any, on_step: Any = None) -> list[Any]:
+        time.sleep(self.seconds_per_image * len(specs))
+        return [self._images[index % len(self._images)] for index in range(len(specs))]
+
+
 def report(result: PathResult, args: argparse.Namespace) -> str:
     worker = statistics.median(result.worker_images_per_second)
     steady = statistics.median(result.steady_images_per_second)
     engine = statistics.median(result.engine_images_per_second)
     lines = [
-        f"tiny model on the CPU ({args.threads} torch thread(s)), {args.size}x{args.size}, "
+        ("an accelerator that sleeps as long as " if args.sleeping_engine else "")
+        + f"tiny model on the CPU ({args.threads} torch thread(s)), {args.size}x{args.size}, "
         f"{args.steps} steps, batches of {args.batch}, {args.jobs} one-image jobs a round, "
         f"{args.rounds} rounds of each, {args.aws_latency_ms:g} ms added before each AWS call",
         "",
@@ -180,6 +214,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=1, help="torch threads")
+    parser.add_argument(
+        "--sleeping-engine",
+        action="store_true",
+        help="both rounds on an accelerator that sleeps as long as the engine takes (no CPU)",
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     warnings.filterwarnings("ignore")
@@ -211,13 +250,17 @@ def main(argv: list[str] | None = None) -> int:
         engine.warm_up(args.size, args.size, args.steps, settings.default_guidance)
         # The worker's engine as deployed: in a process of its own (ENGINE_PROCESS), warm.
         engine_process = EngineProcess.start(settings.model_copy(update={"warmup": True}))
+        alone: Any = engine
+        worker_engine: Any = engine_process
+        if args.sleeping_engine:
+            alone = worker_engine = SleepingAccelerator(engine, settings, args.batch)
         latency = args.aws_latency_ms / 1000
         try:
             result = measure(
-                engine,
+                alone,
                 settings,
                 lambda: MotoBacking(settings, names["queue_url"], names["machine"], latency),
-                worker_engine=engine_process,
+                worker_engine=worker_engine,
                 jobs=args.jobs,
                 rounds=args.rounds,
                 width=args.size,
