@@ -14,6 +14,7 @@ calls take, 10-30 ms, against about 1 ms in process).
 
 from __future__ import annotations
 
+import json
 import statistics
 import threading
 import time
@@ -21,6 +22,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any, Protocol
 
 from gpu_service.engine import Engine
@@ -31,6 +33,20 @@ from gpu_service.worker import ImageMaker, Worker
 from imagegen_common.models import GenerateRequest, GpuJobMessage, ImageSlot, Job
 
 BUCKET = "imagegen-path-bench"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def gpu_state_definition(queue_url: str) -> str:
+    """A state machine of one state: the workflow's own "Generate on GPU", sending to
+    ``queue_url`` (from statemachine/generate_image.asl.json, so the worker meets the message
+    and the timeouts the deployed workflow really uses). The worker tests run on it too."""
+    workflow = json.loads((REPO_ROOT / "statemachine" / "generate_image.asl.json").read_text())
+    state = dict(workflow["States"]["Generate on GPU"])
+    state.pop("Catch", None)
+    state.pop("Next", None)
+    state["End"] = True
+    state["Parameters"] = {**state["Parameters"], "QueueUrl": queue_url}
+    return json.dumps({"StartAt": "Generate on GPU", "States": {"Generate on GPU": state}})
 
 
 class Backing(Protocol):

@@ -33,7 +33,6 @@ import sys
 import threading
 import time
 import warnings
-from pathlib import Path
 from typing import Any
 
 import boto3
@@ -42,26 +41,20 @@ import torch
 from gpu_service.engine import Engine
 from gpu_service.engine_process import EngineProcess
 from gpu_service.image_specs import ImageSpec
-from gpu_service.path_bench import BUCKET, PathResult, measure, with_latency
+from gpu_service.path_bench import (
+    BUCKET,
+    PathResult,
+    gpu_state_definition,
+    measure,
+    with_latency,
+)
 from gpu_service.settings import Settings
 from gpu_service.tiny_model import ensure_tiny_model
 from gpu_service.worker import aws_client_config
 from imagegen.local.moto_aws import local_aws
 from imagegen_common.models import Job
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 ROLE_ARN = "arn:aws:iam::123456789012:role/path-bench"
-
-
-def gpu_state_machine(queue_url: str) -> str:
-    """The workflow's "Generate on GPU" state alone, on ``queue_url``."""
-    workflow = json.loads((REPO_ROOT / "statemachine" / "generate_image.asl.json").read_text())
-    state = dict(workflow["States"]["Generate on GPU"])
-    state.pop("Catch", None)
-    state.pop("Next", None)
-    state["End"] = True
-    state["Parameters"] = {**state["Parameters"], "QueueUrl": queue_url}
-    return json.dumps({"StartAt": "Generate on GPU", "States": {"Generate on GPU": state}})
 
 
 class MotoBacking:
@@ -200,7 +193,7 @@ def moto_names() -> dict[str, str]:
     ]
     s3.create_bucket(Bucket=BUCKET)
     machine = sfn.create_state_machine(
-        name="path-bench", definition=gpu_state_machine(queue_url), roleArn=ROLE_ARN
+        name="path-bench", definition=gpu_state_definition(queue_url), roleArn=ROLE_ARN
     )["stateMachineArn"]
     return {"queue_url": queue_url, "machine": machine}
 

@@ -18,6 +18,7 @@ import pytest
 from botocore.exceptions import ClientError
 
 from gpu_service.engine import Engine
+from gpu_service.path_bench import gpu_state_definition
 from gpu_service.settings import Settings
 from gpu_service.tiny_model import ensure_tiny_model
 from gpu_service.worker import Worker
@@ -25,25 +26,11 @@ from imagegen.local.moto_aws import local_aws
 from imagegen_common.models import GenerateRequest, GpuJobMessage, ImageSlot, Job
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+__all__ = ["gpu_state_definition"]  # the worker tests' state machine, with the benchmark's
 BUCKET = "imagegen-images-test"
 ROLE_ARN = "arn:aws:iam::123456789012:role/imagegen-state-machine"
 MAX_RECEIVES = 3
 """The test queue's redrive policy: after this many receives a message goes to the DLQ."""
-
-
-def gpu_state_definition(queue_url: str) -> str:
-    """A state machine of one state: the workflow's own "Generate on GPU", sending to ``queue_url``.
-
-    Taken from statemachine/generate_image.asl.json, so the worker is tested against the message
-    and the timeouts the deployed workflow really uses.
-    """
-    workflow = json.loads((REPO_ROOT / "statemachine" / "generate_image.asl.json").read_text())
-    state = dict(workflow["States"]["Generate on GPU"])
-    state.pop("Catch", None)
-    state.pop("Next", None)
-    state["End"] = True
-    state["Parameters"] = {**state["Parameters"], "QueueUrl": queue_url}
-    return json.dumps({"StartAt": "Generate on GPU", "States": {"Generate on GPU": state}})
 
 
 @pytest.fixture(scope="session")
