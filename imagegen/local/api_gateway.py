@@ -8,7 +8,9 @@ its response back. Like ``sam local start-api`` it does not enforce API keys; a 
 
 It keeps API Gateway's limits and answers: a body over 10 MB is refused with 413 (from its
 Content-Length, before reading it, or as soon as a chunked body passes the limit); the
-integration times out after 29 s with 504; a path or method without a route gets 403 "Missing
+integration times out after 29 s with 504 (counted from when the function's turn comes: the
+local runtime caps a function's environments where Lambda would start more, and the wait for one
+is that cap's, bounded by ``queue_timeout_s``); a path or method without a route gets 403 "Missing
 Authentication Token" (unless it names a file of the playground, ``web/``, which this server
 serves at ``/`` as a convenience of the local stack: ``static_site``); a failed function or a
 malformed proxy response gets 502. These answers
@@ -25,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import errno
 import hashlib
 import json
@@ -57,6 +60,8 @@ INTEGRATION_TIMEOUT_S = 29.0
 """API Gateway's default integration timeout."""
 BODY_TIMEOUT_S = 5.0
 """How long a request body may pause before the request is answered 408 and closed."""
+QUEUE_TIMEOUT_S = 120.0
+"""How long a request may wait in line for one of its function's local environments."""
 LISTEN_BACKLOG = 2048
 MAX_CONCURRENT_INTEGRATIONS = 256
 
@@ -448,11 +453,16 @@ class LocalApiGateway:
         ]
         return HttpResponse(200, headers, b"" if method == "HEAD" else found.body)
 
-    def integrate(self, integration: Integration) -> HttpResponse:
-        """Invoke the function (blocking) and turn its result into the HTTP response."""
+    def integrate(
+        self, integration: Integration, served: Callable[[], None] | None = None
+    ) -> HttpResponse:
+        """Invoke the function (blocking) and turn its result into the HTTP response.
+
+        ``served``: called when the invocation's turn for an environment comes
+        (``LambdaRuntime.invoke``)."""
         spec = integration.spec
         try:
-            result = self.runtime.invoke(spec, integration.event, integration.request_id)
+            result = self.runtime.invoke(spec, integration.event, integration.request_id, served)
             response = proxy_response(result)
         except Exception as error:
             context = integration.event["requestContext"]
@@ -546,6 +556,7 @@ class ApiLimits:
     max_body_bytes: int = MAX_BODY_BYTES
     integration_timeout_s: float = INTEGRATION_TIMEOUT_S
     body_timeout_s: float = BODY_TIMEOUT_S
+    queue_timeout_s: float = QUEUE_TIMEOUT_S
 
 
 class _BodyTooLarge(Exception):
@@ -632,16 +643,34 @@ class LocalApiApp:
         if isinstance(prepared, HttpResponse):
             return prepared, True
         loop = asyncio.get_running_loop()
-        work = loop.run_in_executor(self.executor, self.gateway.integrate, prepared)
+        served = asyncio.Event()
+
+        def mark_served() -> None:  # from the integration's thread
+            with contextlib.suppress(RuntimeError):  # the server stopped meanwhile
+                loop.call_soon_threadsafe(served.set)
+
+        work = loop.run_in_executor(self.executor, self.gateway.integrate, prepared, mark_served)
+        in_line = asyncio.ensure_future(served.wait())
         try:
+            await asyncio.wait(
+                {work, in_line},
+                timeout=self.limits.queue_timeout_s,
+                return_when=asyncio.FIRST_COMPLETED,
+            )
+        finally:
+            in_line.cancel()
+        try:
+            if not (served.is_set() or work.done()):
+                raise TimeoutError
             # The function keeps running after a timeout, as a Lambda function does after
             # API Gateway has given up on it; its environment is busy until it ends.
             return await asyncio.wait_for(work, self.limits.integration_timeout_s), True
         except TimeoutError:
             logger.warning(
-                "%s did not answer within %g s",
+                "%s did not answer within %g s%s",
                 prepared.spec.logical_id,
                 self.limits.integration_timeout_s,
+                "" if served.is_set() else " (it never had an environment's turn)",
             )
             response = self.gateway.error(
                 GatewayResponseType.INTEGRATION_TIMEOUT,

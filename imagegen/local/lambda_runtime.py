@@ -189,9 +189,15 @@ class _EnvironmentPool:
         self._closed = False
 
     @contextlib.contextmanager
-    def environment(self) -> Iterator[ExecutionEnvironment]:
-        """An environment for one invocation, for this caller alone during the block."""
-        environment = self._acquire()
+    def environment(
+        self, served: Callable[[], None] | None = None
+    ) -> Iterator[ExecutionEnvironment]:
+        """An environment for one invocation, for this caller alone during the block.
+
+        ``served`` is called when the caller's turn comes, before a cold start if one is needed:
+        where the wait in line (this pool's cap, not Lambda's scaling) ends.
+        """
+        environment = self._acquire(served)
         try:
             yield environment
         finally:
@@ -206,8 +212,9 @@ class _EnvironmentPool:
         with self.environment() as environment:
             return environment
 
-    def _acquire(self) -> ExecutionEnvironment:
+    def _acquire(self, served: Callable[[], None] | None = None) -> ExecutionEnvironment:
         dead: list[ExecutionEnvironment] = []
+        reused: ExecutionEnvironment | None = None
         try:
             with self._changed:
                 # First come, first served: a caller never waits behind later ones (a request
@@ -223,9 +230,12 @@ class _EnvironmentPool:
                             environment = self._idle.pop()
                             if environment.alive:
                                 self._next_in_line()
-                                return environment
+                                reused = environment
+                                break
                             self._all.remove(environment)
                             dead.append(environment)
+                        if reused is not None:
+                            break
                         if len(self._all) + self._starting < self._capacity:
                             self._starting += 1
                             self._next_in_line()
@@ -234,6 +244,10 @@ class _EnvironmentPool:
         finally:
             for environment in dead:  # died while idle: its replacement is started below
                 environment.stop(0)
+        if served is not None:
+            served()
+        if reused is not None:
+            return reused
         try:
             environment = self._start()  # the cold start, outside the lock
         except BaseException:
@@ -391,15 +405,22 @@ class LambdaRuntime:
             raise TypeError(f"{type(self).__name__} does not run handlers in this process")
         return environment.handler
 
-    def invoke(self, spec: FunctionSpec, event: Any, request_id: str | None = None) -> Any:
+    def invoke(
+        self,
+        spec: FunctionSpec,
+        event: Any,
+        request_id: str | None = None,
+        served: Callable[[], None] | None = None,
+    ) -> Any:
         """The handler's result for ``event``; raises what the invocation failed with.
 
         In this process that is the handler's own exception; from a child process a
-        ``FunctionError``. A failed cold start raises ``HandlerLoadError``.
+        ``FunctionError``. A failed cold start raises ``HandlerLoadError``. ``served`` is called
+        once the invocation has an environment's turn (``_EnvironmentPool.environment``).
         """
         succeeded = False
         try:
-            with self._pool(spec).environment() as environment:
+            with self._pool(spec).environment(served) as environment:
                 result = environment.invoke(event, request_id or str(uuid.uuid4()))
             succeeded = True
             return result

@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import socket
 import threading
+import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -85,10 +87,13 @@ def echo_stack(tmp_path_factory: pytest.TempPathFactory) -> DeployedStack:
     )
 
 
-def serve(stack: DeployedStack, limits: ApiLimits) -> Iterator[str]:
+def serve(
+    stack: DeployedStack, limits: ApiLimits, *, max_environments: int | None = None
+) -> Iterator[str]:
     # The template's API is ImageGenApi: its gateway responses answer for this one.
     responses = load_gateway_responses(REPO_ROOT / "template.yaml")["ImageGenApi"]
-    runtime = ProcessLambdaRuntime(log=lambda line: None)
+    capacity = {} if max_environments is None else {"max_environments": max_environments}
+    runtime = ProcessLambdaRuntime(log=lambda line: None, **capacity)
     gateway = LocalApiGateway(stack, runtime, gateway_responses={"Api": responses})
     server = LocalApiServer(gateway, port=0, limits=limits, log=lambda line: None).start()
     try:
@@ -194,6 +199,47 @@ def test_a_function_slower_than_the_integration_timeout_gets_504(impatient_api: 
     assert response.json() == {
         "error": {"code": "GATEWAY_TIMEOUT", "message": "Endpoint request timed out"}
     }
+
+
+@pytest.fixture(scope="module")
+def one_environment_api(echo_stack: DeployedStack) -> Iterator[str]:
+    """One environment per function (the local cap), a 1 s integration timeout, 2 s in line."""
+    limits = ApiLimits(integration_timeout_s=1.0, queue_timeout_s=2.0)
+    yield from serve(echo_stack, limits, max_environments=1)
+
+
+def test_the_integration_timeout_counts_from_the_functions_turn(
+    one_environment_api: str,
+) -> None:
+    # Three 0.6 s invocations through one environment: the last ends 1.8 s after it arrived,
+    # past the 1 s timeout, but Lambda would have run it at once in an environment of its own.
+    # The local cap is the stack's, not the caller's: each answers within its own second.
+    with ThreadPoolExecutor(3) as pool:
+        responses = list(
+            pool.map(
+                lambda _: httpx.get(
+                    f"{one_environment_api}/slow", params={"seconds": "0.6"}, timeout=20
+                ),
+                range(3),
+            )
+        )
+
+    assert [response.status_code for response in responses] == [200, 200, 200]
+
+
+def test_a_request_that_never_gets_a_turn_gets_504(one_environment_api: str) -> None:
+    # The first keeps the only environment for 4 s (504 after 1 s, running on); the second
+    # waits in line past the 2 s the queue allows.
+    with ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(
+            httpx.get, f"{one_environment_api}/slow", params={"seconds": "4"}, timeout=20
+        )
+        time.sleep(0.5)  # the slow one takes the environment first
+        queued = httpx.get(f"{one_environment_api}/echo", timeout=20)
+
+    assert slow.result().status_code == 504
+    assert queued.status_code == 504
+    assert queued.json()["error"]["code"] == "GATEWAY_TIMEOUT"
 
 
 def test_a_malformed_function_response_gets_502(api: str) -> None:
