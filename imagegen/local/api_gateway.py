@@ -651,9 +651,10 @@ class LocalApiApp:
 
         work = loop.run_in_executor(self.executor, self.gateway.integrate, prepared, mark_served)
         in_line = asyncio.ensure_future(served.wait())
+        waiting: set[asyncio.Future[Any]] = {work, in_line}
         try:
             await asyncio.wait(
-                {work, in_line},
+                waiting,
                 timeout=self.limits.queue_timeout_s,
                 return_when=asyncio.FIRST_COMPLETED,
             )
