@@ -1,7 +1,8 @@
 """The engine: one diffusers text-to-image pipeline, loaded once, generating batches of images.
 
 Both faces of the service (the HTTP server and the queue worker) hand it lists of compatible
-``ImageSpec`` (same size, steps and guidance) and get PNG bytes back, one per spec, in order.
+``ImageSpec`` (same size, steps, guidance and scheduler) and get PNG bytes back, one per spec,
+in order.
 Each image has its own prompt, negative prompt and seed: the seed drives a generator of its own,
 so an image does not depend on which other requests shared its batch (up to the GPU's
 floating-point reordering). A caller may observe the denoising steps of a call (``on_step``,
@@ -27,6 +28,7 @@ from gpu_service.image_specs import (
     encode_png,
     shared_batch_key,
 )
+from gpu_service.schedulers import scheduler_class_name
 from gpu_service.settings import Settings
 
 logger = logging.getLogger(__name__)
@@ -69,6 +71,8 @@ class Engine:
         # reentrant), and on the CPU only one OpenMP thread team exists (a second team in
         # another thread made each call ~1.8x slower on 2 cores, measured).
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="engine")
+        self._own_scheduler = getattr(pipeline, "scheduler", None)
+        self._schedulers: dict[str, Any] = {}
 
     # 1. Load ------------------------------------------------------------------------------------
     @classmethod
@@ -151,6 +155,9 @@ class Engine:
         observed: dict[str, Any] = {}
         if on_step is not None:
             observed["callback_on_step_end"] = _StepCallback(on_step, key.steps)
+        scheduler = self._scheduler(key.scheduler)
+        if scheduler is not None and getattr(self.pipeline, "scheduler", None) is not scheduler:
+            self.pipeline.scheduler = scheduler
         output = self.pipeline(
             prompt=[spec.prompt for spec in specs],
             negative_prompt=[spec.negative_prompt or "" for spec in specs],
@@ -163,6 +170,19 @@ class Engine:
             **observed,
         )
         return list(output.images)
+
+    def _scheduler(self, name: str | None) -> Any:
+        """The scheduler a call runs with: the pipeline's own for None, else the allow-listed
+        one of ``name`` (``schedulers.SCHEDULER_CLASSES``), made once from the pipeline's
+        config and kept. Calls run one at a time on the engine's thread, so one instance each
+        is enough."""
+        if name is None:
+            return self._own_scheduler
+        if name not in self._schedulers:
+            self._schedulers[name] = _scheduler_from_name(
+                scheduler_class_name(name), self._own_scheduler
+            )
+        return self._schedulers[name]
 
     def close(self) -> None:
         """Wait for the calls in hand and stop the engine's thread."""

@@ -19,6 +19,8 @@ class BatchKey(NamedTuple):
     height: int
     steps: int
     guidance: float
+    scheduler: str | None = None
+    """A ``Scheduler`` value of the domain model; None (or ``default``): the pipeline's own."""
 
 
 class DenoisingStep(NamedTuple):
@@ -45,10 +47,12 @@ class ImageSpec:
     steps: int
     guidance: float
     negative_prompt: str | None = None
+    scheduler: str | None = None
 
     @property
     def batch_key(self) -> BatchKey:
-        return BatchKey(self.width, self.height, self.steps, self.guidance)
+        scheduler = None if self.scheduler in (None, "default") else self.scheduler
+        return BatchKey(self.width, self.height, self.steps, self.guidance, scheduler)
 
 
 def plan_batches(items: Iterable[T], key: Callable[[T], Hashable], max_batch: int) -> list[list[T]]:
@@ -76,6 +80,19 @@ def shared_batch_key(specs: Sequence[ImageSpec]) -> BatchKey:
 
 def encode_png(image: Any) -> bytes:
     """A PIL image as PNG bytes."""
+    return encode_image(image, "png")
+
+
+def encode_image(image: Any, output_format: str, quality: int | None = None) -> bytes:
+    """A PIL image as ``png``, ``jpeg`` or ``webp`` bytes (an ``OutputFormat`` value);
+    ``quality`` (1 to 100) for the lossy two."""
     buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
+    if output_format == "png":
+        image.save(buffer, format="PNG")
+    elif output_format in ("jpeg", "webp"):
+        # JPEG holds no alpha; WebP keeps it.
+        rgb = image.convert("RGB") if output_format == "jpeg" and image.mode != "RGB" else image
+        rgb.save(buffer, format=output_format.upper(), quality=quality or 90)
+    else:
+        raise ValueError(f"unknown output format {output_format!r}")
     return buffer.getvalue()

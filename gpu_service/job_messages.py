@@ -70,8 +70,12 @@ def parse_body(body: object) -> ParsedBody:
     return ParsedBody(None, token, problem)
 
 
-def problem_with(job: Job, max_pixels: int, default_bucket: str | None) -> str | None:
+def problem_with(
+    job: Job, max_pixels: int, default_bucket: str | None, max_steps: int = 150
+) -> str | None:
     """Why the worker cannot run ``job`` (its ``INVALID_JOB`` cause), or None."""
+    if job.controls.steps is not None and job.controls.steps > max_steps:
+        return f"job.controls.steps is {job.controls.steps}; this worker runs at most {max_steps}"
     if job.width is None or job.height is None:
         return "job.width and job.height must be set"
     for name, value in (("width", job.width), ("height", job.height)):

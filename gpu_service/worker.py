@@ -82,7 +82,7 @@ from botocore.exceptions import ParamValidationError
 
 from gpu_service.cli import settings_from_command_line
 from gpu_service.engine_process import EngineProcess, EngineProcessLost
-from gpu_service.image_specs import ImageSpec, StepObserver, encode_png, plan_batches
+from gpu_service.image_specs import ImageSpec, StepObserver, encode_image, plan_batches
 from gpu_service.job_messages import (
     MAX_BODY_CHARACTERS,
     ParsedBody,
@@ -474,7 +474,7 @@ class Worker:
                     job.job.job_id,
                     job.job.owner,
                     images=len(job.job.images),
-                    steps=self.settings.default_steps,
+                    steps=self._steps_of(job.job),
                 )
         finally:
             with self._changed:
@@ -512,7 +512,9 @@ class Worker:
             self._reject(parsed.token, receipt_handle, parsed.problem or "invalid GPU job message")
             return None
         job = parsed.envelope.job
-        problem = problem_with(job, self.settings.max_pixels, self.settings.images_bucket)
+        problem = problem_with(
+            job, self.settings.max_pixels, self.settings.images_bucket, self.settings.max_steps
+        )
         if problem is not None:
             logger.warning("job %s is invalid: %s", short(job.job_id, 80), problem)
             self._reject(parsed.envelope.task_token, receipt_handle, problem)
@@ -546,9 +548,19 @@ class Worker:
             seed=slot.seed,
             width=job.width,
             height=job.height,
-            steps=self.settings.default_steps,
-            guidance=self.settings.default_guidance,
+            steps=self._steps_of(job),
+            guidance=(
+                job.controls.guidance_scale
+                if job.controls.guidance_scale is not None
+                else self.settings.default_guidance
+            ),
+            scheduler=job.controls.scheduler.value if job.controls.scheduler else None,
         )
+
+    def _steps_of(self, job: Job) -> int:
+        """The job's own steps ("Validate Prompt" resolved them); this worker's default for a job
+        planned without (a Bedrock job fallen back to the GPU)."""
+        return job.controls.steps or self.settings.default_steps
 
     # --- 2. Engine ----------------------------------------------------------------------------
     def _engine_loop(self, stop: threading.Event) -> None:
@@ -773,18 +785,26 @@ class Worker:
         for job in {id(i.job): i.job for i in batch}.values():
             if job.progress is not None:
                 later_calls = -(-waiting.get(id(job), 0) // self.settings.max_batch)  # ceiling
-                job.progress.steps_after_this_call = later_calls * self.settings.default_steps
+                job.progress.steps_after_this_call = later_calls * self._steps_of(job.job)
 
     # --- 3. Store -----------------------------------------------------------------------------
     def _store(self, item: _Item, image: Any, cost: Cost) -> None:
         """Encode and put one image (a store thread); record its outcome."""
         job = item.job
+        controls = job.job.controls
         try:
-            with self.times.timed("encode PNG"):
-                png = image if isinstance(image, bytes) else encode_png(image)
+            with self.times.timed("encode image"):
+                data = (
+                    image
+                    if isinstance(image, bytes)  # already PNG (the engine's own encoding)
+                    else encode_image(image, controls.output_format.value, controls.output_quality)
+                )
             with self.times.timed("PutObject"):
                 self._s3.put_object(
-                    Bucket=job.bucket, Key=item.slot.s3_key, Body=png, ContentType="image/png"
+                    Bucket=job.bucket,
+                    Key=item.slot.s3_key,
+                    Body=data,
+                    ContentType=controls.output_format.content_type,
                 )
         except ParamValidationError as error:  # a bucket name S3 cannot have: the job's fault
             problem = f"cannot write s3://{job.bucket}: {error}"
@@ -802,6 +822,7 @@ class Worker:
             s3_key=item.slot.s3_key,
             width=item.spec.width,
             height=item.spec.height,
+            content_type=controls.output_format.content_type,
             cost=cost,
         )
         self._stored(item, outcome=outcome)

@@ -2,7 +2,8 @@
 
 imagegen local                      # the whole system on 127.0.0.1 (API on :3000) until Ctrl-C
 imagegen demo                       # start it, generate one image end to end, stop
-imagegen generate "a prompt" [--size 512x512] [--backend gpu] [--out file.png]
+imagegen generate "a prompt" [--size 512x512] [--backend gpu] [--steps N] [--guidance G]
+                  [--format png|jpeg|webp] [--out file.png]
 imagegen status <execution_id>
 imagegen invoke <FunctionLogicalId> -e events/<file>.json   # against `imagegen local` if it runs
 imagegen models                     # the Bedrock lifecycle of the allowed models
@@ -238,15 +239,27 @@ def _size(text: str) -> tuple[int, int]:
 
 def cmd_generate(args: argparse.Namespace) -> int:
     from imagegen.client import output_paths
+    from imagegen_common.models import OutputFormat
 
     request: dict[str, Any] = {"prompt": args.prompt, "num_images": args.num_images}
     if args.negative_prompt is not None:
         request["negative_prompt"] = args.negative_prompt
     if args.size is not None:
         request["width"], request["height"] = args.size
-    for name in ("seed", "backend", "model_id"):
+    for name, field in (
+        ("seed", "seed"),
+        ("backend", "backend"),
+        ("model_id", "model_id"),
+        ("steps", "steps"),
+        ("guidance", "guidance_scale"),
+        ("scheduler", "scheduler"),
+        ("format", "output_format"),
+        ("quality", "output_quality"),
+        ("aspect_ratio", "aspect_ratio"),
+    ):
         if getattr(args, name) is not None:
-            request[name] = getattr(args, name)
+            request[field] = getattr(args, name)
+    extension = OutputFormat(args.format or "png").extension
 
     from imagegen.progress_display import job_display
 
@@ -261,7 +274,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             code, message = (final.error.code, final.error.message) if final.error else ("", "")
             _error(f"{final.status}: {code}: {message}")
             return EXIT_FAILED
-        paths = output_paths(args.out, execution_id, len(final.images))
+        paths = output_paths(args.out, execution_id, len(final.images), extension)
         for path, image in zip(paths, final.images, strict=True):
             client.download(
                 image.url,
@@ -567,6 +580,9 @@ def _add_client_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # The domain model only (pydantic): the choices of the generation controls.
+    from imagegen_common.models import AspectRatio, OutputFormat, Scheduler
+
     parser = argparse.ArgumentParser(
         prog="imagegen", description=__doc__.splitlines()[0] if __doc__ else None
     )
@@ -594,6 +610,16 @@ def build_parser() -> argparse.ArgumentParser:
     generate.add_argument("--backend", choices=["gpu", "bedrock"], default=None)
     generate.add_argument("--model-id", default=None, help="a Bedrock model id from the allow-list")
     generate.add_argument("--num-images", type=int, default=1)
+    generate.add_argument("--steps", type=int, default=None, help="denoising steps (gpu)")
+    generate.add_argument(
+        "--guidance", type=float, default=None, help="classifier-free guidance scale (gpu)"
+    )
+    generate.add_argument("--scheduler", choices=[s.value for s in Scheduler], default=None)
+    generate.add_argument("--format", choices=[f.value for f in OutputFormat], default=None)
+    generate.add_argument("--quality", type=int, default=None, help="1-100, jpeg and webp")
+    generate.add_argument(
+        "--aspect-ratio", choices=[r.value for r in AspectRatio], default=None, help="bedrock"
+    )
     generate.add_argument(
         "--out", type=Path, default=None, help="file.png (file-<i>.png for several; default: out/)"
     )

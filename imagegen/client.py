@@ -152,11 +152,16 @@ class ImagegenClient:
         return path
 
 
-def output_paths(out: Path | None, execution_id: str, count: int) -> list[Path]:
-    """Where ``count`` images go: ``out`` (``out-<i>.png`` for several), else ``out/`` (ignored
-    by git) named by execution id."""
+def output_paths(
+    out: Path | None, execution_id: str, count: int, extension: str = "png"
+) -> list[Path]:
+    """Where ``count`` images go: ``out`` (``out-<i>.<ext>`` for several), else ``out/`` (ignored
+    by git) named by execution id, with the images' own extension (``png``, ``jpg``, ``webp``)."""
     if out is None:
-        return [Path("out") / f"imagegen-{execution_id}-{index}.png" for index in range(count)]
+        return [
+            Path("out") / f"imagegen-{execution_id}-{index}.{extension}" for index in range(count)
+        ]
     if count == 1:
         return [out]
-    return [out.with_name(f"{out.stem}-{index}{out.suffix or '.png'}") for index in range(count)]
+    suffix = out.suffix or f".{extension}"
+    return [out.with_name(f"{out.stem}-{index}{suffix}") for index in range(count)]

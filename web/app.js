@@ -108,7 +108,7 @@ function showApiError(failure, fallbackSlot) {
 function requestBody() {
   const body = { prompt: $("prompt").value };
   const optional = { negative_prompt: $("negative-prompt").value.trim(), backend: $("backend").value,
-    model_id: $("model").disabled ? "" : $("model").value.trim() };
+    model_id: $("model").disabled ? "" : $("model").value.trim(), output_format: $("format").value };
   for (const [name, value] of Object.entries(optional)) if (value) body[name] = value;
   const size = $("size").value.trim();
   if (size) {
@@ -117,10 +117,12 @@ function requestBody() {
     body.width = Number(match[1]);
     body.height = Number(match[2]);
   }
-  for (const [name, id] of [["seed", "seed"], ["num_images", "num-images"]]) {
+  for (const [name, id] of [["seed", "seed"], ["num_images", "num-images"], ["steps", "steps"],
+    ["guidance_scale", "guidance"]]) {
     const input = $(id);
+    if (input.disabled) continue;
     if (input.value !== "") body[name] = Number(input.value);
-    else if (input.validity.badInput) return { [name]: "Must be a whole number." };
+    else if (input.validity.badInput) return { [name]: "Must be a number." };
   }
   return { body };
 }
@@ -410,6 +412,21 @@ function showOffer() {
   $("model").disabled = offer.backend !== "bedrock";
   options($("size-suggestions"), offer.sizes);
   $("size").placeholder = offer.default_size;
+  // The controls the model takes (GET /models): the others are disabled, never sent.
+  const takes = model ? model.takes : [];
+  for (const [id, field, hint] of [["steps", "steps", model && model.default_steps],
+    ["guidance", "guidance_scale", model && model.default_guidance_scale]]) {
+    const input = $(id);
+    input.disabled = !takes.includes(field);
+    input.placeholder = input.disabled ? "not taken" : `default ${hint ?? ""}`.trim();
+  }
+  if (model && model.max_steps) $("steps").max = model.max_steps;
+  const format = $("format");
+  const chosen = format.value;
+  const formats = model ? model.output_formats : ["png"];
+  format.replaceChildren(...formats.map((value, index) => Object.assign(document.createElement("option"),
+    { value: index === 0 ? "" : value, textContent: value })));
+  format.value = formats.includes(chosen) ? chosen : "";
 }
 
 async function loadCatalogue() {

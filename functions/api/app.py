@@ -59,6 +59,7 @@ from imagegen_common.models import (
     JobPage,
     JobStatus,
     ModelCatalogue,
+    Parameters,
     Stage,
 )
 from imagegen_common.settings import ApiSettings
@@ -361,7 +362,8 @@ def submit_generation(
     from imagegen_common.jobs import resolve_request
 
     request = read_request(GenerateRequest, app.current_event)
-    backend, model_id, *_ = resolve_request(request, settings)  # 422 now, not a failed job
+    resolved = resolve_request(request, settings)  # 422 now, not a failed job
+    backend = resolved.backend
     if request.webhook is not None:
         check_webhook(str(request.webhook.url), settings.webhook_allow_loopback)
     check_backend_capacity(backend)
@@ -375,7 +377,8 @@ def submit_generation(
     logger.append_keys(execution_id=job.job_id)
     # The record first, so progress events always find it; a retry of an Idempotency-Key finds
     # the first one and keeps it.
-    created = create_job(jobs(), job, backend, model_id)
+    parameters = Parameters.of(request, resolved.width, resolved.height, resolved.controls)
+    created = create_job(jobs(), job, backend, resolved.model_id, parameters)
     try:
         start_job(sfn(), settings.state_machine_arn, job)
     except Exception:

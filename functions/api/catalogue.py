@@ -5,8 +5,16 @@ Bedrock registry, so that a client (the playground) builds its form from the dep
 from __future__ import annotations
 
 from imagegen_common.bedrock import adapter_for
+from imagegen_common.controls import controls_of
 from imagegen_common.errors import InvalidPromptError
-from imagegen_common.models import Backend, BackendOffer, ModelCatalogue, ModelOffer
+from imagegen_common.models import (
+    AspectRatio,
+    Backend,
+    BackendOffer,
+    ModelCatalogue,
+    ModelOffer,
+    Scheduler,
+)
 from imagegen_common.settings import ApiSettings
 
 GPU_MODEL_UNKNOWN = "gpu"
@@ -22,11 +30,15 @@ def _bedrock_offer(settings: ApiSettings) -> BackendOffer:
     sizes: list[str] = []
     for model_id in settings.allowed_model_ids:
         adapter = adapter_for(model_id)
+        controls = controls_of(Backend.BEDROCK, model_id)
         models.append(
             ModelOffer(
                 model_id=model_id,
                 name=adapter.model_name,
                 default=model_id == settings.default_model_id,
+                takes=sorted(controls.takes),
+                output_formats=list(controls.output_formats),
+                aspect_ratios=list(AspectRatio) if "aspect_ratio" in controls.takes else [],
             )
         )
         sizes += [size for size in _sizes_taken(settings, model_id) if size not in sizes]
@@ -41,10 +53,22 @@ def _bedrock_offer(settings: ApiSettings) -> BackendOffer:
 
 def _gpu_offer(settings: ApiSettings) -> BackendOffer:
     model_id = settings.gpu_model_id or GPU_MODEL_UNKNOWN
+    controls = controls_of(Backend.GPU, None)
+    model = ModelOffer(
+        model_id=model_id,
+        name=model_id,
+        default=True,
+        takes=sorted(controls.takes),
+        output_formats=list(controls.output_formats),
+        schedulers=list(Scheduler),
+        default_steps=settings.gpu_default_steps,
+        max_steps=settings.gpu_max_steps,
+        default_guidance_scale=settings.gpu_default_guidance_scale,
+    )
     return BackendOffer(
         backend=Backend.GPU,
         default=settings.default_backend is Backend.GPU,
-        models=[ModelOffer(model_id=model_id, name=model_id, default=True)],
+        models=[model],
         sizes=list(settings.allowed_sizes),
         default_size=settings.gpu_default_size,
     )

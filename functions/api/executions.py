@@ -169,10 +169,12 @@ def job_status(
                     width=image.width,
                     height=image.height,
                     seed=image.seed,
+                    content_type=image.content_type,
                 )
             )
         result.failed_images = detail.failed_images
         result.cost = detail.cost
+        result.parameters = detail.parameters
     elif status is ExecutionStatus.FAILED:
         result.error = _failure_of(execution)
         result.cost = NOTHING_SPENT  # a job fails only when none of its images was made

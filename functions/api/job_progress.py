@@ -43,6 +43,7 @@ def with_record(
     if record is None:
         return status
     status.backend = status.backend or record.backend
+    status.parameters = status.parameters or record.parameters
     status.submitted_at = record.submitted_at
     status.started_at = record.started_at
     status.updated_at = record.updated_at
@@ -61,6 +62,7 @@ def with_record(
                     width=outcome.width or 0,
                     height=outcome.height or 0,
                     seed=outcome.seed,
+                    content_type=outcome.content_type or "image/png",
                 )
             )
         elif outcome.error is not None:

@@ -18,7 +18,8 @@ def generate_image_with_bedrock(
     s3_client: Any,
     price_overrides: Mapping[str, float] | None = None,
 ) -> ImageOutcome:
-    """Generate ``slot`` of ``job`` and store the PNG at ``s3://job.bucket/slot.s3_key``.
+    """Generate ``slot`` of ``job`` and store the image (in the job's output format) at
+    ``s3://job.bucket/slot.s3_key``.
 
     The outcome carries the image's cost: the model's price per image (``price_overrides``
     first, then ``imagegen_common.pricing``'s table) when Bedrock made it, 0 when it did not.
@@ -38,6 +39,7 @@ def generate_image_with_bedrock(
             job.width,
             job.height,
             slot.seed,
+            job.controls.output_format,
         )
     except (ContentFilteredError, ModelError) as error:
         info = error.info()
@@ -48,7 +50,7 @@ def generate_image_with_bedrock(
             cost=unbilled_image_cost(info.code.value),
         )
     s3_client.put_object(
-        Bucket=job.bucket, Key=slot.s3_key, Body=image.png, ContentType="image/png"
+        Bucket=job.bucket, Key=slot.s3_key, Body=image.data, ContentType=image.format.content_type
     )
     return ImageOutcome(
         index=slot.index,
@@ -57,5 +59,6 @@ def generate_image_with_bedrock(
         s3_key=slot.s3_key,
         width=image.width,
         height=image.height,
+        content_type=image.format.content_type,
         cost=bedrock_image_cost(job.model_id, price_overrides),
     )

@@ -23,6 +23,7 @@ Bedrock would refuse fails here too. Development tooling only: never deployed to
 from __future__ import annotations
 
 import base64
+import io
 import json
 import struct
 import threading
@@ -127,6 +128,19 @@ def make_png(width: int, height: int, seed: int) -> bytes:
         + chunk(b"IDAT", zlib.compress(bytes(raw), 1))
         + chunk(b"IEND", b"")
     )
+
+
+def make_image(width: int, height: int, seed: int, output_format: str = "png") -> bytes:
+    """``make_png``'s picture in ``output_format`` (png, jpeg or webp), as the models answer."""
+    png = make_png(width, height, seed)
+    if output_format == "png":
+        return png
+    from PIL import Image  # the local stack's own dependency: only a jpeg answer needs it
+
+    buffer = io.BytesIO()
+    with Image.open(io.BytesIO(png)) as image:
+        image.save(buffer, format=output_format.upper())
+    return buffer.getvalue()
 
 
 class FakeBedrock:
@@ -338,7 +352,8 @@ def _stability(body: dict[str, Any], failure: str | None) -> dict[str, Any]:
     ratio = body.get("aspect_ratio", "1:1")
     if ratio not in OUTPUT_SIZES:
         raise _invalid(f"aspect_ratio: must be one of {', '.join(OUTPUT_SIZES)}")
-    if body.get("output_format", "png") not in ("png", "jpeg"):
+    output_format = body.get("output_format", "png")
+    if output_format not in ("png", "jpeg"):
         raise _invalid("output_format: must be one of png, jpeg")
     if body.get("mode", "text-to-image") not in ("text-to-image", "image-to-image"):
         raise _invalid("mode: must be one of text-to-image, image-to-image")
@@ -350,7 +365,7 @@ def _stability(body: dict[str, Any], failure: str | None) -> dict[str, Any]:
     if failure == "inference_error":
         return {"seeds": [seed], "finish_reasons": ["Inference error"], "images": []}
     width, height = OUTPUT_SIZES[ratio]
-    image = base64.b64encode(make_png(width, height, seed)).decode()
+    image = base64.b64encode(make_image(width, height, seed, output_format)).decode()
     return {"seeds": [seed], "finish_reasons": [None], "images": [image]}
 
 

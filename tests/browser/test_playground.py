@@ -19,7 +19,7 @@ from tests.e2e.local_stack_harness import Harness
 
 # One GPU worker whose denoising is slow enough that progress can be seen (the tiny model makes a
 # step in milliseconds), sending progress as often as its throttle allows in a test.
-pytestmark = pytest.mark.gpu_workers(1, DEFAULT_STEPS="50", PROGRESS_INTERVAL_SECONDS="0.2")
+pytestmark = pytest.mark.gpu_workers(1, PROGRESS_INTERVAL_SECONDS="0.2")
 
 # Records every text the progress label and the stage line take, from before the submit on.
 RECORD_PROGRESS = """() => {
@@ -42,9 +42,13 @@ def open_playground(page: Any, stack: Harness) -> None:
     page.get_by_role("heading", name="imagegen playground").wait_for()
 
 
-def fill_job(page: Any, prompt: str, *, size: str, images: int, seed: int | None = None) -> None:
+def fill_job(
+    page: Any, prompt: str, *, size: str, images: int, seed: int | None = None, steps: int = 50
+) -> None:
+    """A GPU job of ``steps`` denoising steps (50: long enough to watch it move)."""
     page.get_by_label("Prompt", exact=True).fill(prompt)
     page.get_by_label("Backend").select_option("gpu")
+    page.get_by_label("Steps").fill(str(steps))
     page.get_by_label("Size").fill(size)
     page.get_by_label("Number of images").fill(str(images))
     if seed is not None:
@@ -237,3 +241,27 @@ def test_the_form_offers_what_the_deployment_offers(page: Any, stack: Harness) -
     words = page.evaluate("() => STAGES")
     stage = stack.request("GET", "/openapi.json").json()["components"]["schemas"]["Stage"]
     assert words == dict(zip(stage["enum"], stage["x-enum-descriptions"], strict=True))
+
+
+def test_the_controls_follow_the_model_and_a_job_runs_with_them(page: Any, stack: Harness) -> None:
+    open_playground(page, stack)
+    page.wait_for_function("() => document.querySelectorAll('#size-suggestions option').length")
+
+    page.get_by_label("Backend").select_option("bedrock")
+    assert page.get_by_label("Steps").is_disabled()  # Bedrock's models take no steps
+    formats = page.eval_on_selector_all("#format option", "els => els.map(e => e.textContent)")
+    assert formats == ["png", "jpeg"]
+
+    fill_job(page, "a lantern in the fog", size="128x128", images=1, steps=2)
+    page.get_by_label("Format").select_option("webp")
+    with page.expect_response(lambda response: response.request.method == "POST") as posted:
+        page.get_by_role("button", name="Generate").click()
+
+    assert posted.value.status == 202
+    sent = posted.value.request.post_data_json
+    assert (sent["steps"], sent["output_format"]) == (2, "webp")
+    page.wait_for_function(IMAGES_LOADED, arg=1, timeout=120_000)
+    execution_id = posted.value.json()["execution_id"]
+    status = stack.status(execution_id)
+    assert status["parameters"]["steps"] == 2
+    assert status["images"][0]["content_type"] == "image/webp"

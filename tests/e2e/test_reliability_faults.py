@@ -27,7 +27,6 @@ from tests.e2e.local_stack_harness import FAST_REDELIVERY, TERMINAL, Harness, un
 JOBS = 4
 STEPS = 30
 ONE_JOB_AT_A_TIME = {
-    "DEFAULT_STEPS": str(STEPS),
     # One job at a time: the others stay queued behind it and their positions fall one by one.
     "MAX_BATCH": "1",
     "MAX_MESSAGES": "1",
@@ -36,7 +35,7 @@ ONE_JOB_AT_A_TIME = {
 }
 # The tiny model at 256x256 takes tens of milliseconds per denoising step here, so a job of 30
 # steps lasts long enough (about a second) to be watched.
-GPU_JOB = {"backend": "gpu", "width": 256, "height": 256}
+GPU_JOB = {"backend": "gpu", "width": 256, "height": 256, "steps": STEPS}
 
 
 @dataclass

@@ -151,3 +151,32 @@ def test_an_observer_that_raises_does_not_break_generation(
         for a, b in zip(observed, plain, strict=True)
     )
     assert caplog.text.count("a step observer failed") == 1
+
+
+def test_every_scheduler_a_request_may_choose_is_a_diffusers_scheduler() -> None:
+    import diffusers
+
+    from gpu_service.schedulers import SCHEDULER_CLASSES
+    from imagegen_common.models import Scheduler
+
+    assert set(SCHEDULER_CLASSES) == set(Scheduler) - {Scheduler.DEFAULT}
+    for name in SCHEDULER_CLASSES.values():
+        assert issubclass(getattr(diffusers, name), diffusers.SchedulerMixin)
+
+
+def test_a_call_runs_with_its_own_scheduler_and_the_next_with_the_models(engine: Engine) -> None:
+    own = type(engine.pipeline.scheduler).__name__
+    plain = engine.generate([_spec(5)])[0]
+    ancestral_spec = ImageSpec("a lighthouse", 5, 64, 64, 2, 0.0, scheduler="euler_ancestral")
+
+    ancestral = engine.generate([ancestral_spec])[0]
+
+    assert type(engine.pipeline.scheduler).__name__ == "EulerAncestralDiscreteScheduler"
+    assert ancestral_spec.batch_key != _spec(5).batch_key  # never in one call with the others
+    assert np.abs(_pixels(ancestral) - _pixels(plain)).max() > 0
+    assert engine.generate([_spec(5)])[0] == plain  # back to the model's own
+    assert type(engine.pipeline.scheduler).__name__ == own
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    return np.asarray(_decode(png), dtype=np.int16)

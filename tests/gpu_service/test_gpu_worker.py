@@ -61,6 +61,39 @@ def test_execution_completes_with_the_s3_locations(
     assert aws.queue_counts() == (0, 0)  # deleted once reported
 
 
+def test_a_job_is_made_with_its_controls_and_stored_in_its_format(
+    aws: Aws, worker_for: Callable[..., Worker], engine: Engine, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from imagegen_common.models import GenerationControls, OutputFormat, Scheduler
+
+    controls = GenerationControls(
+        output_format=OutputFormat.WEBP,
+        output_quality=60,
+        steps=3,
+        guidance_scale=0.0,
+        scheduler=Scheduler.DDIM,
+    )
+    job = _job(controls=controls)
+    calls: list[Sequence[ImageSpec]] = []
+    real_generate = engine.generate_images
+
+    def recording(specs: Sequence[ImageSpec], on_step: Any = None) -> list[Any]:
+        calls.append(specs)
+        return real_generate(specs, on_step)
+
+    monkeypatch.setattr(engine, "generate_images", recording)
+    execution = aws.start(job)
+    aws.wait_for_message()
+    worker_for().poll_once()
+
+    assert aws.finished(execution)["status"] == "SUCCEEDED"
+    [[spec]] = calls
+    assert (spec.steps, spec.guidance, spec.scheduler) == (3, 0.0, "ddim")
+    stored = aws.s3.get_object(Bucket=BUCKET, Key=job.images[0].s3_key)
+    assert stored["ContentType"] == "image/webp"
+    assert Image.open(io.BytesIO(stored["Body"].read())).format == "WEBP"
+
+
 def test_the_jobs_bucket_wins_over_the_default(aws: Aws, worker_for: Callable[..., Worker]) -> None:
     aws.s3.create_bucket(Bucket="tenant-bucket")
     job = _job(bucket="tenant-bucket")

@@ -782,9 +782,18 @@ def test_models_describe_the_deployment_from_its_settings(
     assert bedrock["sizes"] == ["1024x1024", "1344x768"]
     assert gpu["sizes"] == ["1024x1024", "1344x768", "1000x200"]
     assert gpu["default_size"] == "1000x200"
-    assert gpu["models"] == [
-        {"model_id": "stabilityai/sd-turbo", "name": "stabilityai/sd-turbo", "default": True}
-    ]
+    [gpu_model] = gpu["models"]
+    assert {key: gpu_model[key] for key in ("model_id", "name", "default")} == {
+        "model_id": "stabilityai/sd-turbo",
+        "name": "stabilityai/sd-turbo",
+        "default": True,
+    }
+    # The controls each model takes, with the GPU's limits from the deployment's settings.
+    assert gpu_model["takes"] == ["guidance_scale", "output_quality", "scheduler", "steps"]
+    assert (gpu_model["default_steps"], gpu_model["max_steps"]) == (1, 50)
+    assert gpu_model["output_formats"] == ["png", "jpeg", "webp"]
+    assert bedrock["models"][0]["takes"] == ["aspect_ratio"]
+    assert bedrock["models"][0]["output_formats"] == ["png", "jpeg"]
 
 
 def test_the_document_gives_each_stage_its_words(api: Any) -> None:

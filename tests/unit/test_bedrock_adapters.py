@@ -158,7 +158,7 @@ def test_stability_parses_image_seed_and_size() -> None:
         {"seeds": [2130420379], "finish_reasons": [None], "images": [_b64_png(1344, 768)]}
     )
     assert (image.width, image.height, image.seed) == (1344, 768, 2130420379)
-    assert image.png.startswith(b"\x89PNG")
+    assert image.data.startswith(b"\x89PNG")
 
 
 @pytest.mark.parametrize(

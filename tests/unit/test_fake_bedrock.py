@@ -66,7 +66,7 @@ def test_round_trip_per_model(
 ) -> None:
     image = generate_with_bedrock(runtime, model_id, "a red fox", "blurry", width, height, seed)
     assert (image.width, image.height) == adapter_for(model_id).output_size(width, height)
-    assert image.png.startswith(b"\x89PNG")
+    assert image.data.startswith(b"\x89PNG")
     assert image.seed in (seed, None)
     assert len(fake.calls) == 1
     assert fake.calls[0].model_id == model_id
@@ -79,7 +79,7 @@ def test_same_seed_same_image(runtime: Any) -> None:
     first = generate_with_bedrock(runtime, STABLE_IMAGE_CORE, "a", None, 512, 512, 5)
     second = generate_with_bedrock(runtime, STABLE_IMAGE_CORE, "b", None, 512, 512, 5)
     third = generate_with_bedrock(runtime, STABLE_IMAGE_CORE, "a", None, 512, 512, 6)
-    assert first.png == second.png != third.png
+    assert first.data == second.data != third.data
 
 
 def test_standard_endpoint_env_vars(fake: FakeBedrock, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -114,7 +114,7 @@ def test_failure_kinds_raise_typed_errors(
         generate_with_bedrock(runtime, model_id, "a", None, 1024, 1024, seed=3)
     assert type(info.value) is error
     # Only the next call fails.
-    assert generate_with_bedrock(runtime, model_id, "a", None, 1024, 1024, seed=3).png
+    assert generate_with_bedrock(runtime, model_id, "a", None, 1024, 1024, seed=3).data
 
 
 def test_error_wire_format_is_what_botocore_expects(fake: FakeBedrock, runtime: Any) -> None:

@@ -201,7 +201,7 @@ def test_image_generated_sums_the_images_costs() -> None:
 
     detail = sign_generated_images(job, outcomes, s3_client(), 300, NOW)
 
-    assert detail.schema_version == "1.1"
+    assert detail.schema_version == "1.2"
     assert detail.cost is not None
     assert detail.cost.usd == pytest.approx(2 * BEDROCK_IMAGE_PRICES[CORE].usd)
     assert detail.cost.basis.startswith("2 x Bedrock price per image")
@@ -216,7 +216,7 @@ def test_a_made_image_without_a_cost_is_named_not_hidden() -> None:
 
 def test_a_failed_job_reports_what_was_spent_at_least_zero() -> None:
     nothing = describe_failure("exec-1", None, TaskError(Error="ContentFilteredError"), NOW)
-    assert nothing.schema_version == "1.1"
+    assert nothing.schema_version == "1.2"
     assert nothing.cost is not None and nothing.cost.usd == 0.0
     assert "no image was made" in nothing.cost.basis
 

@@ -122,7 +122,7 @@ def _describes(code: str) -> Any:
     def check(handler: Any, event: dict[str, Any], context: Any) -> None:
         detail = handler(event, context)
         assert detail["error"]["code"] == code
-        assert detail["schema_version"] == "1.1"
+        assert detail["schema_version"] == "1.2"
         assert detail["cost"]["usd"] == 0
 
     return check

@@ -108,5 +108,5 @@ def assert_event_11(event: dict[str, Any], detail_type: str, execution_id: str) 
     assert event["detail-type"] == detail_type
     detail: dict[str, Any] = event["detail"]
     assert detail["execution_id"] == execution_id
-    assert detail["schema_version"] == "1.1"
+    assert detail["schema_version"] == "1.2"
     return detail

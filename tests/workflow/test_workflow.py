@@ -25,8 +25,9 @@ def assert_event(event: dict[str, Any], detail_type: str, execution_id: str) -> 
     assert event["source"] == "imagegen"
     detail: dict[str, Any] = event["detail"]
     assert detail["execution_id"] == execution_id
-    # 1.1 added `cost` to the Generated and Failed details; Cancelled is unchanged.
-    expected_version = "1.0" if detail_type == "Image Generation Cancelled" else "1.1"
+    # 1.1 added `cost` to the Generated and Failed details, 1.2 the controls used and each
+    # image's content_type; Cancelled is unchanged.
+    expected_version = "1.0" if detail_type == "Image Generation Cancelled" else "1.2"
     assert detail["schema_version"] == expected_version
     return detail
 
@@ -70,6 +71,41 @@ def test_bedrock_branch_succeeds_with_each_stability_model(
     assert status_code == 200 and status["status"] == "SUCCEEDED"
     assert status["images"][0]["width"] == image["width"]
     assert "X-Amz-Signature" in status["images"][0]["url"]
+
+
+def test_a_bedrock_job_by_aspect_ratio_in_jpeg_is_stored_and_reported_as_it_ran(
+    workflow: Workflow,
+) -> None:
+    execution_id = workflow.submit(
+        {"prompt": "a long harbour", "aspect_ratio": "21:9", "output_format": "jpeg", "seed": 3}
+    )
+
+    assert workflow.wait(execution_id)["status"] == "SUCCEEDED"
+    [event] = workflow.result_events(execution_id)
+    detail = assert_event(event, "Image Generated", execution_id)
+    [image] = detail["images"]
+    assert (image["width"], image["height"], image["content_type"]) == (1536, 640, "image/jpeg")
+    assert image["s3_uri"].endswith("/0.jpg")
+    parameters = detail["parameters"]
+    assert (parameters["aspect_ratio"], parameters["output_format"]) == ("21:9", "jpeg")
+    assert (parameters["width"], parameters["height"], parameters["output_quality"]) == (
+        1536,
+        640,
+        90,
+    )
+    assert parameters.get("steps") is None  # Bedrock's models take none
+    [call] = workflow.bedrock.calls
+    assert (call.body["aspect_ratio"], call.body["output_format"]) == ("21:9", "jpeg")
+    import io
+
+    from PIL import Image
+
+    stored = Image.open(io.BytesIO(workflow.png(image["s3_uri"].split("/", 3)[3])))
+    assert stored.format == "JPEG"
+    status_code, status = workflow.status(execution_id)
+    assert status_code == 200
+    assert status["parameters"] == parameters
+    assert status["images"][0]["content_type"] == "image/jpeg"
 
 
 def test_several_images_fan_out_and_one_filtered_image_does_not_sink_the_others(

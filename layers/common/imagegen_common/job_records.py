@@ -65,6 +65,7 @@ from imagegen_common.models import (
     Job,
     JobPage,
     JobSummary,
+    Parameters,
     Progress,
     Stage,
     WebhookRequest,
@@ -114,6 +115,7 @@ class JobRecord(BaseModel):
     progress: Progress | None = None
     images: list[ImageOutcome] = Field(default_factory=list, description="By index.")
     cost: Cost | None = None
+    parameters: Parameters | None = None
     webhook: WebhookRequest | None = None
     webhook_disabled: bool = False
     gpu_queued_at: str | None = None
@@ -151,6 +153,7 @@ def create_job(
     job: Job,
     backend: Backend | None = None,
     model_id: str | None = None,
+    parameters: Parameters | None = None,
 ) -> bool:
     """Put the item of a job just accepted: RUNNING, stage queued. False when it exists already
     (a retry with the same Idempotency-Key): the first item stays as it is."""
@@ -170,6 +173,8 @@ def create_job(
         item["backend"] = _s(backend)
     if model_id is not None:
         item["model_id"] = _s(model_id)
+    if parameters is not None:
+        item["parameters"] = _s(parameters.model_dump_json(exclude_none=True))
     if job.request.webhook is not None:
         item["webhook"] = _s(job.request.webhook.model_dump_json())
     # No GPU queue keys yet: a job joins that queue when "Validate Prompt" has sent it there
@@ -491,6 +496,7 @@ def _record_of(item: dict[str, Any]) -> JobRecord:
         key=lambda image: image.index,
     )
     progress, cost, webhook = text("progress"), text("cost"), text("webhook")
+    parameters = text("parameters")
     return JobRecord(
         job_id=item["job_id"]["S"],
         owner=item["owner"]["S"],
@@ -506,6 +512,7 @@ def _record_of(item: dict[str, Any]) -> JobRecord:
         progress=Progress.model_validate_json(progress) if progress else None,
         images=images,
         cost=Cost.model_validate_json(cost) if cost else None,
+        parameters=Parameters.model_validate_json(parameters) if parameters else None,
         webhook=WebhookRequest.model_validate_json(webhook) if webhook else None,
         webhook_disabled=bool(item.get("webhook_disabled", {}).get("BOOL", False)),
         gpu_queued_at=text("gpu_queued_at"),

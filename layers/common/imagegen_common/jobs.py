@@ -9,16 +9,19 @@ from __future__ import annotations
 
 import re
 import secrets
-from typing import Any
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
 from imagegen_common.bedrock import adapter_for
+from imagegen_common.controls import check_controls, resolve_controls
 from imagegen_common.errors import InvalidPromptError
 from imagegen_common.models import (
     MAX_SEED,
+    AspectRatio,
     Backend,
     GenerateRequest,
+    GenerationControls,
     ImageSlot,
     Job,
 )
@@ -34,13 +37,22 @@ def parse_size(size: str) -> tuple[int, int]:
     return int(match.group(1)), int(match.group(2))
 
 
-def resolve_request(
-    request: GenerateRequest, settings: GenerationSettings
-) -> tuple[Backend, str | None, int, int]:
-    """The backend, model and size a request runs with, after defaults and allow-lists.
+class ResolvedRequest(NamedTuple):
+    """What a request runs with after defaults and allow-lists."""
 
-    Raises :class:`InvalidPromptError` naming the field when the request asks for a model or a
-    size that this deployment (or the model) does not allow.
+    backend: Backend
+    model_id: str | None
+    width: int
+    height: int
+    controls: GenerationControls
+
+
+def resolve_request(request: GenerateRequest, settings: GenerationSettings) -> ResolvedRequest:
+    """The backend, model, size and controls a request runs with, after defaults and
+    allow-lists.
+
+    Raises :class:`InvalidPromptError` naming the field when the request asks for a model, a
+    size or a control that this deployment (or the model) does not allow or take.
     """
     backend = request.backend or settings.default_backend
     model_id: str | None = None
@@ -57,8 +69,13 @@ def resolve_request(
             "model_id applies to the bedrock backend only; the gpu backend runs its own model",
             field="model_id",
         )
+    check_controls(request, backend, model_id, settings)
 
-    if request.width is not None and request.height is not None:
+    if request.aspect_ratio is not None:
+        # Only Bedrock models take a ratio (check_controls): the size is the model's own for it.
+        assert model_id is not None
+        width, height = adapter_for(model_id).size_of_aspect_ratio(request.aspect_ratio)
+    elif request.width is not None and request.height is not None:
         width, height = request.width, request.height
         size = f"{width}x{height}"
         if size not in settings.allowed_sizes:
@@ -70,9 +87,13 @@ def resolve_request(
         default = settings.default_size if backend is Backend.BEDROCK else settings.gpu_default_size
         width, height = parse_size(default)
 
+    aspect_ratio: AspectRatio | None = None
     if model_id is not None:
-        adapter_for(model_id).check_request(request.prompt, request.negative_prompt, width, height)
-    return backend, model_id, width, height
+        adapter = adapter_for(model_id)
+        adapter.check_request(request.prompt, request.negative_prompt, width, height)
+        aspect_ratio = AspectRatio(adapter.aspect_ratio(width, height))
+    controls = resolve_controls(request, backend, aspect_ratio, settings)
+    return ResolvedRequest(backend, model_id, width, height, controls)
 
 
 def parse_job(payload: Any) -> Job:
@@ -98,13 +119,13 @@ def check_content_policy(request: GenerateRequest, settings: GenerationSettings)
 def plan_job(job: Job, settings: GenerationSettings) -> Job:
     """The job as the workflow runs it: resolved, checked, one slot per image with seed and key."""
     check_content_policy(job.request, settings)
-    backend, model_id, width, height = resolve_request(job.request, settings)
+    backend, model_id, width, height, controls = resolve_request(job.request, settings)
     first_seed = job.request.seed if job.request.seed is not None else _random_seed()
     images = [
         ImageSlot(
             index=index,
             seed=(first_seed + index) % (MAX_SEED + 1),
-            s3_key=f"images/{job.job_id}/{index}.png",
+            s3_key=f"images/{job.job_id}/{index}.{controls.output_format.extension}",
         )
         for index in range(job.request.num_images)
     ]
@@ -117,6 +138,7 @@ def plan_job(job: Job, settings: GenerationSettings) -> Job:
             "fallback_backend": settings.fallback_backend,
             "bucket": settings.images_bucket,
             "images": images,
+            "controls": controls,
             "gpu_timeout_seconds": settings.gpu_job_timeout_seconds,
         }
     )

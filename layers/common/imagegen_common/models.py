@@ -21,6 +21,7 @@ from pydantic import (
     HttpUrl,
     StringConstraints,
     UrlConstraints,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -30,9 +31,13 @@ SCHEMA_VERSION: Final = "1.0"
 """Version of an event ``detail`` whose shape is as first published. Bump the minor part when
 optional fields are added (a 1.0 consumer ignores them), the major part for a breaking change."""
 COST_SCHEMA_VERSION: Final = "1.1"
-"""Version of the details that carry ``cost`` (Image Generated, Image Generation Failed)."""
-PROGRESS_SCHEMA_VERSION: Final = "1.0"
-"""Version of "Image Generation Progress" details (first published with schema 1.1 results)."""
+"""Version of the details that first carried ``cost`` (Image Generated, Image Generation Failed)."""
+CONTROLS_SCHEMA_VERSION: Final = "1.2"
+"""Version of the result details that carry the generation controls used (``parameters``'
+steps, guidance, scheduler, format, aspect ratio) and each image's ``content_type``."""
+PROGRESS_SCHEMA_VERSION: Final = "1.1"
+"""Version of "Image Generation Progress" details (1.0 published with schema 1.1 results; 1.1
+adds the image's ``content_type``, with schema 1.2 results)."""
 
 MAX_PROMPT_CHARS = 1000
 MAX_IMAGES_PER_JOB = 4
@@ -43,6 +48,56 @@ MAX_SEED = 4_294_967_294
 class Backend(StrEnum):
     BEDROCK = "bedrock"
     GPU = "gpu"
+
+
+class OutputFormat(StrEnum):
+    """The file format of the images a job stores."""
+
+    PNG = "png"
+    JPEG = "jpeg"
+    WEBP = "webp"
+
+    @property
+    def content_type(self) -> str:
+        return f"image/{self.value}"
+
+    @property
+    def extension(self) -> str:
+        return "jpg" if self is OutputFormat.JPEG else self.value
+
+    @property
+    def lossy(self) -> bool:
+        return self is not OutputFormat.PNG
+
+
+DEFAULT_OUTPUT_QUALITY: Final = 90
+"""The quality (1 to 100) of a jpeg or webp image when the request names none."""
+
+
+class Scheduler(StrEnum):
+    """The GPU's denoising schedulers a request may choose (the gpu service maps each to its
+    diffusers class). ``default`` is the model's own, or the GPU service's SCHEDULER."""
+
+    DEFAULT = "default"
+    EULER = "euler"
+    EULER_ANCESTRAL = "euler_ancestral"
+    DPMPP_2M = "dpmpp_2m"
+    DDIM = "ddim"
+    UNIPC = "unipc"
+
+
+class AspectRatio(StrEnum):
+    """The aspect ratios Bedrock's Stability models take instead of a pixel size."""
+
+    R16_9 = "16:9"
+    R1_1 = "1:1"
+    R21_9 = "21:9"
+    R2_3 = "2:3"
+    R3_2 = "3:2"
+    R4_5 = "4:5"
+    R5_4 = "5:4"
+    R9_16 = "9:16"
+    R9_21 = "9:21"
 
 
 class FallbackBackend(StrEnum):
@@ -286,12 +341,84 @@ class GenerateRequest(BaseModel):
     webhook: WebhookRequest | None = Field(
         default=None, description="Where to POST this job's signed events."
     )
+    steps: int | None = Field(
+        default=None,
+        ge=1,
+        le=150,
+        description="Denoising steps (gpu); the deployment's default when unset, at most its "
+        "GpuMaxSteps.",
+    )
+    guidance_scale: float | None = Field(
+        default=None,
+        ge=0,
+        le=30,
+        description="Classifier-free guidance (gpu); 0 turns it off (what sd-turbo wants).",
+    )
+    scheduler: Scheduler | None = Field(
+        default=None, description="The denoising scheduler (gpu), from an allow-list."
+    )
+    output_format: OutputFormat | None = Field(
+        default=None,
+        description="png (the default), jpeg or webp; the S3 key and the Content-Type follow it.",
+    )
+    output_quality: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description=f"Quality of a jpeg or webp image (default {DEFAULT_OUTPUT_QUALITY}); "
+        "png is lossless and takes none.",
+    )
+    aspect_ratio: AspectRatio | None = Field(
+        default=None,
+        description="For Bedrock models, which take a ratio, not pixels: instead of width and "
+        "height (docs/api.md gives the pixels of each).",
+    )
 
     @model_validator(mode="after")
     def _width_and_height_together(self) -> GenerateRequest:
         if (self.width is None) != (self.height is None):
             raise ValueError("width and height must be given together")
         return self
+
+    # Field validators, not model validators, so that a refusal names its field: each reads the
+    # fields declared before it (info.data).
+    @field_validator("aspect_ratio")
+    @classmethod
+    def _one_way_to_say_the_size(
+        cls, ratio: AspectRatio | None, info: ValidationInfo
+    ) -> AspectRatio | None:
+        if ratio is not None and info.data.get("width") is not None:
+            raise PydanticCustomError(
+                "size_given_twice", "give aspect_ratio or width and height, not both"
+            )
+        return ratio
+
+    @field_validator("output_quality")
+    @classmethod
+    def _quality_of_a_lossy_format(cls, quality: int | None, info: ValidationInfo) -> int | None:
+        output_format = info.data.get("output_format")
+        if quality is not None and not (output_format is not None and output_format.lossy):
+            raise PydanticCustomError(
+                "quality_without_lossy_format",
+                "output_quality applies to output_format jpeg or webp only",
+            )
+        return quality
+
+
+class GenerationControls(BaseModel):
+    """The controls a job runs with, defaults resolved: with the seeds, what reproduces it.
+
+    Fields a backend does not take are None: a Bedrock job has no steps, a GPU job no aspect
+    ratio."""
+
+    output_format: OutputFormat = OutputFormat.PNG
+    output_quality: int | None = Field(default=None, description="jpeg and webp only.")
+    steps: int | None = Field(default=None, description="Denoising steps (gpu).")
+    guidance_scale: float | None = Field(default=None, description="gpu.")
+    scheduler: Scheduler | None = Field(default=None, description="gpu.")
+    aspect_ratio: AspectRatio | None = Field(
+        default=None, description="The ratio sent to a Bedrock model."
+    )
 
 
 class ImageSlot(BaseModel):
@@ -320,6 +447,10 @@ class Job(BaseModel):
     fallback_backend: FallbackBackend = FallbackBackend.NONE
     bucket: str | None = None
     images: list[ImageSlot] = Field(default_factory=list)
+    controls: GenerationControls = Field(
+        default_factory=GenerationControls,
+        description='The controls resolved by "Validate Prompt", defaults included.',
+    )
     gpu_timeout_seconds: int | None = Field(
         default=None,
         description="The GPU branch's deadline in seconds, queue wait plus generation: the "
@@ -390,6 +521,9 @@ class ImageOutcome(BaseModel):
     s3_key: str | None = None
     width: int | None = None
     height: int | None = None
+    content_type: str | None = Field(
+        default=None, description="The stored object's Content-Type (image/png when unset)."
+    )
     error: ErrorInfo | None = None
     task_error: TaskError | None = Field(
         default=None,
@@ -441,6 +575,32 @@ class Parameters(BaseModel):
     height: int | None = None
     num_images: int = 1
     seed: int | None = None
+    # Since 1.2: the controls the job ran with (GenerationControls), defaults included.
+    output_format: OutputFormat | None = None
+    output_quality: int | None = None
+    steps: int | None = None
+    guidance_scale: float | None = None
+    scheduler: Scheduler | None = None
+    aspect_ratio: AspectRatio | None = None
+
+    @classmethod
+    def of(
+        cls,
+        request: GenerateRequest,
+        width: int | None,
+        height: int | None,
+        controls: GenerationControls,
+    ) -> Parameters:
+        """A request's parameters with its planned size and resolved controls."""
+        return cls(
+            prompt=request.prompt,
+            negative_prompt=request.negative_prompt,
+            width=width,
+            height=height,
+            num_images=request.num_images,
+            seed=request.seed,
+            **controls.model_dump(),
+        )
 
 
 class SignedImage(BaseModel):
@@ -454,6 +614,7 @@ class SignedImage(BaseModel):
     width: int
     height: int
     seed: int | None = None
+    content_type: str = Field(default="image/png", description="Since 1.2: the file's type.")
 
 
 class FailedImage(BaseModel):
@@ -471,8 +632,8 @@ class _EventDetail(BaseModel):
 class ImageGeneratedDetail(_EventDetail):
     """``detail`` of "Image Generated"."""
 
-    # 1.0 too: details written before costs (an execution's output read back by the API).
-    schema_version: Literal["1.0", "1.1"] = COST_SCHEMA_VERSION
+    # 1.0, 1.1 too: details written before costs or controls (an execution's output read back).
+    schema_version: Literal["1.0", "1.1", "1.2"] = CONTROLS_SCHEMA_VERSION
     backend: Backend
     model_id: str | None
     parameters: Parameters
@@ -487,8 +648,8 @@ class ImageGeneratedDetail(_EventDetail):
 class ImageGenerationFailedDetail(_EventDetail):
     """``detail`` of "Image Generation Failed"."""
 
-    # 1.0 too: details written before costs (an execution's output read back by the API).
-    schema_version: Literal["1.0", "1.1"] = COST_SCHEMA_VERSION
+    # 1.0, 1.1 too: details written before costs or controls (an execution's output read back).
+    schema_version: Literal["1.0", "1.1", "1.2"] = CONTROLS_SCHEMA_VERSION
     backend: Backend | None = None
     model_id: str | None = None
     parameters: Parameters | None = None
@@ -512,7 +673,7 @@ class ImageGenerationProgressDetail(_EventDetail):
     """``detail`` of "Image Generation Progress": a job moved on. Not a result: a job has any
     number of these (at most about one a second while generating) and then one result event."""
 
-    schema_version: Literal["1.0"] = PROGRESS_SCHEMA_VERSION
+    schema_version: Literal["1.0", "1.1"] = PROGRESS_SCHEMA_VERSION
     stage: Stage
     backend: Backend | None = None
     progress: Progress | None = None
@@ -546,6 +707,7 @@ class ImageView(BaseModel):
     width: int
     height: int
     seed: int | None = None
+    content_type: str = "image/png"
 
 
 class JobStatus(BaseModel):
@@ -555,6 +717,11 @@ class JobStatus(BaseModel):
     status: ExecutionStatus
     stage: Stage | None = Field(default=None, description="Where the job is (see Stage).")
     backend: Backend | None = None
+    parameters: Parameters | None = Field(
+        default=None,
+        description="What the job runs with, defaults resolved (controls, size, model); null "
+        "for a job accepted before they were recorded.",
+    )
     queue_position: int | None = Field(
         default=None, ge=0, description="While queued for the GPU: jobs ahead of this one."
     )
@@ -582,6 +749,19 @@ class ModelOffer(BaseModel):
     model_id: str = Field(description="What model_id names (Bedrock), or the GPU service's model.")
     name: str = Field(description="The model's name, for people.")
     default: bool = Field(description="The model a request that names none gets.")
+    takes: list[str] = Field(
+        default_factory=list,
+        description="The generation controls it takes (steps, guidance_scale, scheduler, "
+        "aspect_ratio, output_quality); any other gets 422.",
+    )
+    output_formats: list[OutputFormat] = Field(default_factory=lambda: [OutputFormat.PNG])
+    aspect_ratios: list[AspectRatio] = Field(
+        default_factory=list, description="The ratios it takes (with the sizes they give)."
+    )
+    schedulers: list[Scheduler] = Field(default_factory=list)
+    default_steps: int | None = None
+    max_steps: int | None = None
+    default_guidance_scale: float | None = None
 
 
 class BackendOffer(BaseModel):

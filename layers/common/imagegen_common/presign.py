@@ -53,14 +53,8 @@ def presign_get(
 
 
 def parameters_of(job: Job) -> Parameters:
-    return Parameters(
-        prompt=job.request.prompt,
-        negative_prompt=job.request.negative_prompt,
-        width=job.width,
-        height=job.height,
-        num_images=job.request.num_images,
-        seed=job.request.seed,
-    )
+    """What the job runs with: the request's texts and count, the planned size and controls."""
+    return Parameters.of(job.request, job.width, job.height, job.controls)
 
 
 def sign_generated_images(
@@ -93,6 +87,7 @@ def sign_generated_images(
                     width=outcome.width or 0,
                     height=outcome.height or 0,
                     seed=outcome.seed,
+                    content_type=outcome.content_type or "image/png",
                 )
             )
         else:

@@ -63,6 +63,11 @@ class GenerationSettings(ImagesSettings):
     )
     default_size: str = "1024x1024"
     gpu_default_size: str = "512x512"
+    gpu_default_steps: int = Field(default=1, ge=1, le=150, description="GpuDefaultSteps.")
+    gpu_max_steps: int = Field(default=50, ge=1, le=150, description="GpuMaxSteps.")
+    gpu_default_guidance_scale: float = Field(
+        default=0.0, ge=0, le=30, description="GpuDefaultGuidanceScale."
+    )
     gpu_job_timeout_seconds: int = Field(
         default=900,
         ge=5,

@@ -16,27 +16,38 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from imagegen_common.errors import InvalidPromptError, ModelError
-from imagegen_common.png import png_size
+from imagegen_common.image_files import read_image_header
+from imagegen_common.models import AspectRatio, OutputFormat
 
 
 @dataclass(frozen=True)
 class GeneratedImage:
-    """One image a model returned. ``width``/``height`` are read from the PNG header."""
+    """One image a model returned; format, ``width`` and ``height`` are read from its header."""
 
-    png: bytes
+    data: bytes
+    format: OutputFormat
     seed: int | None
     width: int
     height: int
 
     @classmethod
-    def from_base64(cls, data: str, seed: int | None, model_id: str) -> GeneratedImage:
-        """Decode a base64 PNG from a model response; a non-PNG answer is a ModelError."""
+    def from_base64(
+        cls, data: str, seed: int | None, model_id: str, expected: OutputFormat
+    ) -> GeneratedImage:
+        """Decode a base64 image from a model response; an answer that is not an image of the
+        format asked for is a ModelError."""
         try:
-            png = base64.b64decode(data, validate=True)
-            width, height = png_size(png)
+            image = base64.b64decode(data, validate=True)
+            header = read_image_header(image)
         except (binascii.Error, ValueError) as e:
-            raise ModelError(f"{model_id} returned an image that is not a PNG: {e}") from e
-        return cls(png=png, seed=seed, width=width, height=height)
+            raise ModelError(f"{model_id} returned an image that cannot be read: {e}") from e
+        if header.format is not expected:
+            raise ModelError(
+                f"{model_id} returned a {header.format.value} image; {expected.value} was asked"
+            )
+        return cls(
+            data=image, format=header.format, seed=seed, width=header.width, height=header.height
+        )
 
 
 class ModelAdapter(ABC):
@@ -52,6 +63,9 @@ class ModelAdapter(ABC):
     max_negative_prompt_chars: ClassVar[int]
     min_seed: ClassVar[int] = 0
     max_seed: ClassVar[int]
+    takes: ClassVar[frozenset[str]] = frozenset()
+    """The generation controls (``imagegen_common.controls.CONTROL_FIELDS``) the model takes."""
+    output_formats: ClassVar[tuple[OutputFormat, ...]] = (OutputFormat.PNG,)
 
     def __init__(self, model_id: str, model_name: str) -> None:
         self.model_id = model_id
@@ -104,13 +118,29 @@ class ModelAdapter(ABC):
         """The pixel size the model really returns when asked for ``width`` x ``height``."""
 
     @abstractmethod
+    def aspect_ratio(self, width: int, height: int) -> str:
+        """The aspect ratio the model is sent for ``width`` x ``height``."""
+
+    @abstractmethod
+    def size_of_aspect_ratio(self, ratio: AspectRatio) -> tuple[int, int]:
+        """The pixel size the model returns for ``ratio``."""
+
+    @abstractmethod
     def build_body(
-        self, prompt: str, negative_prompt: str | None, width: int, height: int, seed: int
+        self,
+        prompt: str,
+        negative_prompt: str | None,
+        width: int,
+        height: int,
+        seed: int,
+        output_format: OutputFormat = OutputFormat.PNG,
     ) -> dict[str, Any]:
         """The ``InvokeModel`` body (a JSON object) for one image."""
 
     @abstractmethod
-    def parse_response(self, body: dict[str, Any]) -> GeneratedImage:
+    def parse_response(
+        self, body: dict[str, Any], output_format: OutputFormat = OutputFormat.PNG
+    ) -> GeneratedImage:
         """The image in an ``InvokeModel`` response body; raises our typed errors otherwise."""
 
 

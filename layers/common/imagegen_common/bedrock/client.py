@@ -49,6 +49,7 @@ from imagegen_common.errors import (
     ModelTransientError,
     ModelUnavailableError,
 )
+from imagegen_common.models import OutputFormat
 
 _THROTTLING_CODES = frozenset({"ThrottlingException", "ServiceQuotaExceededException"})
 _TRANSIENT_CODES = frozenset(
@@ -80,6 +81,7 @@ def generate_with_bedrock(
     width: int,
     height: int,
     seed: int,
+    output_format: OutputFormat = OutputFormat.PNG,
 ) -> GeneratedImage:
     """Make one image with a Bedrock model.
 
@@ -89,6 +91,7 @@ def generate_with_bedrock(
         prompt, negative_prompt: the texts; ``negative_prompt`` may be None or empty.
         width, height: the requested size in pixels (Stability models map it to an aspect ratio).
         seed: the seed to send; checked against the model's range.
+        output_format: the file format to ask for (one of the adapter's ``output_formats``).
 
     Raises:
         InvalidPromptError: the request breaks one of the model's limits (not sent).
@@ -98,7 +101,7 @@ def generate_with_bedrock(
     # 1. Check inputs
     adapter = adapter_for(model_id)
     adapter.check_request(prompt, negative_prompt, width, height)
-    body = adapter.build_body(prompt, negative_prompt, width, height, seed)
+    body = adapter.build_body(prompt, negative_prompt, width, height, seed, output_format)
     # 2. Invoke the model
     try:
         response = runtime_client.invoke_model(
@@ -117,7 +120,7 @@ def generate_with_bedrock(
     if not isinstance(payload, dict):
         raise ModelError(f"{model_id} answered with a JSON {type(payload).__name__}, not an object")
     # 3. Parse the response
-    return adapter.parse_response(payload)
+    return adapter.parse_response(payload, output_format)
 
 
 def error_from_client_error(error: ClientError, model_id: str) -> ImageGenError:

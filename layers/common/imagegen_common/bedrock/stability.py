@@ -15,8 +15,9 @@ What they say, and what we send:
 - body ``prompt`` (required, up to 10,000 characters), ``negative_prompt`` (up to 10,000),
   ``aspect_ratio`` (enum 16:9, 1:1, 21:9, 2:3, 3:2, 4:5, 5:4, 9:16, 9:21; default 1:1; the
   models take no width/height), ``seed`` (0 = random; Bedrock's pages say up to 4294967295,
-  Stability's schema 4294967294: we keep the stricter), ``output_format`` (png | jpeg; we always
-  ask for png), and for SD3.5 Large ``mode`` (text-to-image | image-to-image).
+  Stability's schema 4294967294: we keep the stricter), ``output_format`` (png | jpeg: what
+  the request's output_format asks, png by default), and for SD3.5 Large ``mode``
+  (text-to-image | image-to-image).
 - response ``{"seeds": [...], "finish_reasons": [null | "Filter reason: prompt" |
   "Filter reason: output image" | "Filter reason: input image" | "Inference error"],
   "images": [base64, ...]}``; a filtered answer may carry ``finish_reasons`` alone.
@@ -29,16 +30,15 @@ What they say, and what we send:
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from imagegen_common.bedrock.base import GeneratedImage, ModelAdapter, size_label
 from imagegen_common.errors import ContentFilteredError, InvalidPromptError, ModelError
+from imagegen_common.models import AspectRatio, OutputFormat
 
-AspectRatio = Literal["16:9", "1:1", "21:9", "2:3", "3:2", "4:5", "5:4", "9:16", "9:21"]
-
-OUTPUT_SIZES: dict[str, tuple[int, int]] = {
+OUTPUT_SIZES: Final[dict[str, tuple[int, int]]] = {
     "1:1": (1024, 1024),
     "16:9": (1344, 768),
     "21:9": (1536, 640),
@@ -49,7 +49,8 @@ OUTPUT_SIZES: dict[str, tuple[int, int]] = {
     "9:16": (768, 1344),
     "9:21": (640, 1536),
 }
-"""Pixels returned per aspect ratio (width, height); the same table for all three models."""
+"""Pixels returned per aspect ratio (width, height); the same table for all three models.
+Its keys are ``AspectRatio``'s values (a test holds them together)."""
 
 FILTER_PROMPT = "Filter reason: prompt"
 FILTER_OUTPUT_IMAGE = "Filter reason: output image"
@@ -66,9 +67,9 @@ class StabilityTextToImageBody(BaseModel):
 
     prompt: str = Field(min_length=1, max_length=MAX_STABILITY_PROMPT_CHARS)
     negative_prompt: str | None = Field(default=None, max_length=MAX_STABILITY_PROMPT_CHARS)
-    aspect_ratio: AspectRatio = "1:1"
+    aspect_ratio: AspectRatio = AspectRatio.R1_1
     seed: int = Field(default=0, ge=0, le=MAX_STABILITY_SEED)
-    output_format: Literal["png"] = "png"
+    output_format: Literal["png", "jpeg"] = "png"
     mode: Literal["text-to-image"] | None = None
 
 
@@ -97,6 +98,8 @@ class StabilityAdapter(ModelAdapter):
     max_prompt_chars = MAX_STABILITY_PROMPT_CHARS
     max_negative_prompt_chars = MAX_STABILITY_PROMPT_CHARS
     max_seed = MAX_STABILITY_SEED
+    takes = frozenset({"aspect_ratio"})
+    output_formats = (OutputFormat.PNG, OutputFormat.JPEG)
     sends_mode: ClassVar[bool] = False
 
     def aspect_ratio(self, width: int, height: int) -> str:
@@ -126,20 +129,36 @@ class StabilityAdapter(ModelAdapter):
     def output_size(self, width: int, height: int) -> tuple[int, int]:
         return OUTPUT_SIZES[self.aspect_ratio(width, height)]
 
+    def size_of_aspect_ratio(self, ratio: AspectRatio) -> tuple[int, int]:
+        return OUTPUT_SIZES[ratio.value]
+
     def build_body(
-        self, prompt: str, negative_prompt: str | None, width: int, height: int, seed: int
+        self,
+        prompt: str,
+        negative_prompt: str | None,
+        width: int,
+        height: int,
+        seed: int,
+        output_format: OutputFormat = OutputFormat.PNG,
     ) -> dict[str, Any]:
         self.check_seed(seed)
+        if output_format not in self.output_formats:
+            raise InvalidPromptError(
+                f"{self.model_id} makes no {output_format.value} images", field="output_format"
+            )
         body = StabilityTextToImageBody(
             prompt=prompt,
             negative_prompt=negative_prompt or None,
-            aspect_ratio=self.aspect_ratio(width, height),
+            aspect_ratio=AspectRatio(self.aspect_ratio(width, height)),
             seed=seed,
+            output_format="jpeg" if output_format is OutputFormat.JPEG else "png",
             mode="text-to-image" if self.sends_mode else None,
         )
-        return body.model_dump(exclude_none=True)
+        return body.model_dump(mode="json", exclude_none=True)
 
-    def parse_response(self, body: dict[str, Any]) -> GeneratedImage:
+    def parse_response(
+        self, body: dict[str, Any], output_format: OutputFormat = OutputFormat.PNG
+    ) -> GeneratedImage:
         model_id = self.model_id
         try:
             response = StabilityResponse.model_validate(body)
@@ -155,7 +174,9 @@ class StabilityAdapter(ModelAdapter):
         if not response.images:
             raise ModelError(f"{model_id} answered without an image.")
         seed = _first_seed(response.seeds)
-        return GeneratedImage.from_base64(response.images[0], seed=seed, model_id=model_id)
+        return GeneratedImage.from_base64(
+            response.images[0], seed=seed, model_id=model_id, expected=output_format
+        )
 
 
 def _first_seed(seeds: list[int | str] | None) -> int | None:
