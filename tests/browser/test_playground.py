@@ -220,9 +220,10 @@ def test_the_form_offers_what_the_deployment_offers(page: Any, stack: Harness) -
     def suggestions(list_id: str) -> list[str]:
         return page.eval_on_selector_all(f"#{list_id} option", "els => els.map(e => e.value)")
 
+    # Once the page has read GET /models (its size suggestions are filled from it).
+    page.wait_for_function("() => document.querySelectorAll('#size-suggestions option').length")
     backends = page.eval_on_selector_all("#backend option", "els => els.map(e => e.value)")
     assert backends == ["", *by_backend]
-    page.wait_for_function("() => document.querySelectorAll('#size-suggestions option').length")
     default = next(offer for offer in catalogue["backends"] if offer["default"])
     assert suggestions("size-suggestions") == default["sizes"]
 
